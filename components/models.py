@@ -1,0 +1,262 @@
+"""The three model families, behind one small interface.
+
+Every model takes canonical ``uint8 [N, 28, 28]`` images, passes them through
+:mod:`components.stem`, and returns ``float32 [N, 10]`` class probabilities. A
+saved model is a directory: the framework's own file plus ``model.json``
+naming the kind, so :func:`load_model` can bring any of them back without
+pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from components.stem import IMAGE_SIDE, NUM_CLASSES, flatten, preprocess
+
+log = logging.getLogger(__name__)
+
+MODEL_INFO = "model.json"
+#: Rows per forward pass when predicting large batches; bounds memory, keeps BLAS busy.
+PREDICT_CHUNK = 4096
+
+
+class ModelError(RuntimeError):
+    """A model directory that cannot be loaded (missing file, unknown kind, bad weights)."""
+
+
+class DigitModel(ABC):
+    """Interface every model family implements."""
+
+    kind: ClassVar[str]
+    filename: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"{self.kind}: unknown parameters {sorted(unknown)}")
+        self.params = {**self.defaults, **params}
+        self.history: dict[str, list[float]] = {}
+
+    @abstractmethod
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray,
+            x_val: np.ndarray, y_val: np.ndarray) -> None:
+        """Train on ``uint8`` images; validation data drives early stopping and curves."""
+
+    @abstractmethod
+    def _predict_proba(self, images: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _save_weights(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def _load_weights(self, path: Path) -> None: ...
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks."""
+        parts = [
+            self._predict_proba(images[start:start + PREDICT_CHUNK])
+            for start in range(0, len(images), PREDICT_CHUNK)
+        ]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.predict_proba(images).argmax(axis=1)
+
+    def save(self, directory: Path, **info: Any) -> list[Path]:
+        """Write the weights and ``model.json`` (kind, params, history, extra info)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(directory / self.filename)
+        meta = {"kind": self.kind, "params": self.params, "history": self.history, **info}
+        (directory / MODEL_INFO).write_text(json.dumps(meta, indent=2, default=float))
+        return [directory / self.filename, directory / MODEL_INFO]
+
+
+class CNN(DigitModel):
+    """keras-io's ``mnist_convnet``: two conv blocks, dropout, softmax."""
+
+    kind = "cnn"
+    filename = "model.keras"
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 12, "batch_size": 128, "learning_rate": 1e-3, "dropout": 0.5, "seed": 0,
+    }
+
+    def _build(self):
+        import keras
+        from keras import layers
+
+        return keras.Sequential([
+            keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE, 1)),
+            layers.Conv2D(32, kernel_size=3, activation="relu"),
+            layers.MaxPooling2D(pool_size=2),
+            layers.Conv2D(64, kernel_size=3, activation="relu"),
+            layers.MaxPooling2D(pool_size=2),
+            layers.Flatten(),
+            layers.Dropout(self.params["dropout"]),
+            layers.Dense(NUM_CLASSES, activation="softmax"),
+        ])
+
+    def fit(self, x_train, y_train, x_val, y_val) -> None:
+        import keras
+
+        keras.utils.set_random_seed(self.params["seed"])
+        self._model = self._build()
+        self._model.compile(
+            loss="sparse_categorical_crossentropy",
+            optimizer=keras.optimizers.Adam(self.params["learning_rate"]),
+            metrics=["accuracy"],
+        )
+        result = self._model.fit(
+            preprocess(x_train), y_train,
+            batch_size=self.params["batch_size"],
+            epochs=self.params["epochs"],
+            validation_data=(preprocess(x_val), y_val),
+            verbose=2,  # one line per epoch: readable in KFP and CI logs
+        )
+        self.history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
+
+    def _predict_proba(self, images):
+        # Calling the model directly skips predict()'s per-call setup, which
+        # dominates latency for the small batches a server sees.
+        return self._model(preprocess(images), training=False).numpy()
+
+    def _save_weights(self, path):
+        self._model.save(path)
+
+    def _load_weights(self, path):
+        import keras
+
+        self._model = keras.models.load_model(path, compile=False)
+
+
+class XGBoost(DigitModel):
+    """Gradient-boosted trees (``hist``) on the 784 scaled pixels."""
+
+    kind = "xgboost"
+    filename = "model.ubj"
+    defaults: ClassVar[dict[str, Any]] = {
+        "n_estimators": 200, "max_depth": 6, "learning_rate": 0.3,
+        "early_stopping_rounds": 20, "seed": 0, "n_jobs": 0,
+    }
+
+    def _classifier(self):
+        import xgboost
+
+        return xgboost.XGBClassifier(
+            tree_method="hist",
+            objective="multi:softprob",
+            eval_metric=["mlogloss", "merror"],
+            n_estimators=self.params["n_estimators"],
+            max_depth=self.params["max_depth"],
+            learning_rate=self.params["learning_rate"],
+            early_stopping_rounds=self.params["early_stopping_rounds"] or None,
+            random_state=self.params["seed"],
+            n_jobs=self.params["n_jobs"] or os.cpu_count(),
+        )
+
+    def fit(self, x_train, y_train, x_val, y_val) -> None:
+        self._model = self._classifier()
+        self._model.fit(
+            flatten(x_train), y_train,
+            eval_set=[(flatten(x_train), y_train), (flatten(x_val), y_val)],
+            verbose=10,  # logs every 10th round
+        )
+        evals = self._model.evals_result()
+        self.history = {
+            f"{split}_{metric}": [float(v) for v in values]
+            for split, name in (("train", "validation_0"), ("val", "validation_1"))
+            for metric, values in evals[name].items()
+        }
+
+    def _predict_proba(self, images):
+        return self._model.predict_proba(flatten(images))
+
+    def _save_weights(self, path):
+        self._model.save_model(path)
+
+    def _load_weights(self, path):
+        self._model = self._classifier()
+        self._model.load_model(path)
+
+
+class Baseline(DigitModel):
+    """Multinomial logistic regression: the floor any real model must clear."""
+
+    kind = "baseline"
+    filename = "weights.npz"
+    defaults: ClassVar[dict[str, Any]] = {"max_iter": 100, "C": 1.0, "seed": 0}
+
+    def fit(self, x_train, y_train, x_val, y_val) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(
+            max_iter=self.params["max_iter"], C=self.params["C"],
+            random_state=self.params["seed"],
+        )
+        model.fit(flatten(x_train), y_train)
+        if len(model.classes_) != NUM_CLASSES:
+            raise ValueError(f"baseline needs all 10 digits in training, saw {model.classes_}")
+        self._set(model.coef_, model.intercept_)
+        val_acc = float((self.predict(x_val) == y_val).mean())
+        self.history = {"val_accuracy": [val_acc]}
+        log.info("baseline: %d iterations, validation accuracy %.4f", model.n_iter_[0], val_acc)
+
+    def _set(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        self._coef = coef.astype(np.float32)
+        self._intercept = intercept.astype(np.float32)
+
+    def _predict_proba(self, images):
+        logits = flatten(images) @ self._coef.T + self._intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def _save_weights(self, path):
+        np.savez(path, coef=self._coef, intercept=self._intercept)
+
+    def _load_weights(self, path):
+        with np.load(path) as weights:
+            self._set(weights["coef"], weights["intercept"])
+
+
+MODEL_KINDS: dict[str, type[DigitModel]] = {cls.kind: cls for cls in (CNN, XGBoost, Baseline)}
+
+
+def create_model(kind: str, **params: Any) -> DigitModel:
+    try:
+        cls = MODEL_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(MODEL_KINDS)}") from None
+    return cls(**{k: v for k, v in params.items() if k in cls.defaults})
+
+
+def read_info(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MODEL_INFO
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: cannot read model description ({error})") from error
+
+
+def load_model(directory: Path) -> DigitModel:
+    """Bring back any saved model; raise :class:`ModelError` with the reason if it cannot."""
+    directory = Path(directory)
+    info = read_info(directory)
+    cls = MODEL_KINDS.get(info.get("kind"))
+    if cls is None:
+        raise ModelError(f"{directory}: unknown model kind {info.get('kind')!r}")
+    model = cls(**{k: v for k, v in info.get("params", {}).items() if k in cls.defaults})
+    model.history = info.get("history", {})
+    try:
+        model._load_weights(directory / cls.filename)
+    except Exception as error:  # frameworks raise anything on bad weights
+        raise ModelError(f"{directory}: cannot load {cls.kind} weights ({error})") from error
+    return model

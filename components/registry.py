@@ -1,0 +1,273 @@
+"""The model registry: versioned models in an S3 bucket, spoken to through ``minio``.
+
+Layout of the bucket::
+
+    versions/<id>/...          promoted-or-promotable models (files + metadata.json)
+    failed/<id>/...            models the gate rejected, kept with the evidence
+    production.json            the pointer: which version serves, and its history
+
+Writes are ordered so that a crash at any point leaves production intact:
+model files first, ``metadata.json`` (with the sha256 of every file) after
+them, then every object is read back and checked, and only then is the
+pointer replaced — a single-object ``PUT``, which S3 makes atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from minio import Minio
+from minio.error import S3Error
+
+log = logging.getLogger(__name__)
+
+VERSIONS = "versions"
+FAILED = "failed"
+STATUSES = (VERSIONS, FAILED)
+POINTER = "production.json"
+METADATA = "metadata.json"
+
+
+class RegistryError(RuntimeError):
+    """The registry refused an operation; the message says which and why."""
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_version_id(kind: str) -> str:
+    """Sortable, unique, readable: ``20261124T101500Z-cnn-1a2b3c``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{kind}-{os.urandom(3).hex()}"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The production pointer as stored: the serving version and what came before."""
+
+    version: str
+    metadata_sha256: str
+    updated_at: str
+    reason: str
+    history: list[dict[str, str]]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, indent=2).encode()
+
+
+class Registry:
+    """Versioned model storage with a production pointer, over any S3 store."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings) -> Registry:
+        if not settings.s3_configured:
+            raise RegistryError(
+                "no S3 store configured: set DIGITS_S3_ENDPOINT, DIGITS_S3_ACCESS_KEY "
+                "and DIGITS_S3_SECRET_KEY (digits run/serve start an embedded one)"
+            )
+        client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region or "us-east-1",
+        )
+        return cls(client, settings.bucket)
+
+    # ------------------------------------------------------------------ low level
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            self.client.make_bucket(self.bucket)
+
+    def _put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                               content_type=content_type)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchBucket"):
+                return None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _prefix(self, version: str) -> str:
+        """Where a version lives (``versions/`` or ``failed/``); error if nowhere."""
+        for status in STATUSES:
+            if self._get(f"{status}/{version}/{METADATA}") is not None:
+                return f"{status}/{version}"
+        raise RegistryError(f"no version {version!r} in the registry")
+
+    # ------------------------------------------------------------------ writing
+
+    def publish(self, model_dir: Path, metadata: dict[str, Any], *, status: str = VERSIONS,
+                version: str | None = None) -> str:
+        """Upload a model directory and its metadata; verify it; return the version id.
+
+        ``metadata.json`` goes up after every file it describes, so a version
+        with metadata is a complete version. Publishing never touches the pointer.
+        """
+        if status not in STATUSES:
+            raise RegistryError(f"status must be one of {STATUSES}, got {status!r}")
+        model_dir = Path(model_dir)
+        files = _files_under(model_dir)
+        if not files:
+            raise RegistryError(f"{model_dir}: nothing to publish")
+        version = version or new_version_id(str(metadata.get("kind", "model")))
+        self.ensure_bucket()
+        manifest = {}
+        for path in files:
+            rel = path.relative_to(model_dir).as_posix()
+            data = path.read_bytes()
+            manifest[rel] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+            self._put(f"{status}/{version}/{rel}", data)
+        record = {**metadata, "version": version, "status": status,
+                  "created_at": metadata.get("created_at", utcnow()), "files": manifest}
+        self._put(f"{status}/{version}/{METADATA}", json.dumps(record, indent=2).encode(),
+                  "application/json")
+        self.verify(version)
+        log.info("published %s/%s (%d files)", status, version, len(manifest))
+        return version
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """Read every file of a version back and check its sha256; return the metadata."""
+        metadata = self.metadata(version)
+        prefix = f"{metadata['status']}/{version}"
+        for rel, expected in metadata["files"].items():
+            data = self._get(f"{prefix}/{rel}")
+            if data is None:
+                raise RegistryError(f"{version}: file {rel} is missing")
+            if sha256_bytes(data) != expected["sha256"]:
+                raise RegistryError(f"{version}: file {rel} fails its sha256 check")
+        return metadata
+
+    def set_production(self, version: str, reason: str) -> Pointer:
+        """Point production at a verified version under ``versions/``; keep the history."""
+        metadata = self.verify(version)
+        if metadata["status"] != VERSIONS:
+            raise RegistryError(f"{version} was rejected by the gate (it is under failed/)")
+        raw = self._get(f"{VERSIONS}/{version}/{METADATA}")
+        current = self.production()
+        history = []
+        if current is not None:
+            history = [{"version": current.version, "updated_at": current.updated_at,
+                        "reason": current.reason}, *current.history]
+        pointer = Pointer(version, sha256_bytes(raw), utcnow(), reason, history)
+        self._put(POINTER, pointer.to_json(), "application/json")
+        log.info("production -> %s (%s)", version, reason)
+        return pointer
+
+    def promote(self, model_dir: Path, metadata: dict[str, Any], reason: str) -> str:
+        """Publish under ``versions/`` and, once verified, move the pointer to it."""
+        version = self.publish(model_dir, metadata, status=VERSIONS)
+        self.set_production(version, reason)
+        return version
+
+    def rollback(self, reason: str = "rollback") -> Pointer:
+        """Point production back at the version it served before the current one."""
+        current = self.production()
+        if current is None or not current.history:
+            raise RegistryError("nothing to roll back to: production has no earlier version")
+        previous = current.history[0]["version"]
+        self.verify(previous)
+        raw = self._get(f"{VERSIONS}/{previous}/{METADATA}")
+        pointer = Pointer(previous, sha256_bytes(raw), utcnow(),
+                          f"{reason} (from {current.version})", current.history[1:])
+        self._put(POINTER, pointer.to_json(), "application/json")
+        return pointer
+
+    # ------------------------------------------------------------------ reading
+
+    def production(self) -> Pointer | None:
+        raw = self._get(POINTER)
+        if raw is None:
+            return None
+        try:
+            return Pointer(**json.loads(raw))
+        except (TypeError, ValueError) as error:
+            raise RegistryError(f"{POINTER} is unreadable ({error})") from error
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        for status in STATUSES:
+            raw = self._get(f"{status}/{version}/{METADATA}")
+            if raw is not None:
+                return json.loads(raw)
+        raise RegistryError(f"no version {version!r} in the registry")
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every version, newest first, with its status and headline numbers."""
+        current = self.production()
+        rows = []
+        for status in STATUSES:
+            for obj in self.client.list_objects(self.bucket, prefix=f"{status}/"):
+                version = obj.object_name.rstrip("/").split("/")[1]
+                raw = self._get(f"{status}/{version}/{METADATA}")
+                if raw is None:  # an upload that never finished: not a version
+                    continue
+                meta = json.loads(raw)
+                rows.append({
+                    "version": version,
+                    "status": status,
+                    "production": current is not None and current.version == version,
+                    "kind": meta.get("kind"),
+                    "holdout_accuracy": meta.get("metrics", {}).get("accuracy"),
+                    "created_at": meta.get("created_at"),
+                })
+        return sorted(rows, key=lambda row: row["version"], reverse=True)
+
+    def download(self, version: str, destination: Path) -> dict[str, Any]:
+        """Fetch a version into ``destination`` with every sha256 checked; return metadata.
+
+        Files land in a temporary directory that is renamed into place only when
+        all checks pass, so a caller never sees a half-downloaded model.
+        """
+        metadata = self.metadata(version)
+        prefix = f"{metadata['status']}/{version}"
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".download-"))
+        try:
+            for rel, expected in metadata["files"].items():
+                data = self._get(f"{prefix}/{rel}")
+                if data is None or sha256_bytes(data) != expected["sha256"]:
+                    raise RegistryError(f"{version}: file {rel} is missing or fails its sha256")
+                target = staging / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            (staging / METADATA).write_text(json.dumps(metadata, indent=2))
+            if destination.exists():
+                shutil.rmtree(destination)
+            staging.rename(destination)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        return metadata

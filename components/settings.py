@@ -1,0 +1,54 @@
+"""Settings read from the environment, all under one prefix: ``DIGITS_``.
+
+One object carries every knob the stages and the server share, so a value set
+for ``digits run`` (say ``DIGITS_S3_ENDPOINT``) means the same to ``digits serve``
+and to the containers on the cluster, where the same variables come from a
+Kubernetes Secret and ConfigMap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment-driven configuration (``DIGITS_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".digits"),
+        description="Project-local state: the embedded S3 store's data, pipeline runs.",
+    )
+    mnist_dir: Path | None = Field(
+        default=None, description="Directory holding the four MNIST IDX .gz files."
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "digits",
+        description="Where downloaded datasets are kept.",
+    )
+    mnist_url: str = Field(
+        default="https://storage.googleapis.com/cvdf-datasets/mnist/",
+        description="Mirror used when MNIST must be downloaded.",
+    )
+    s3_endpoint: str | None = Field(
+        default=None, description="host:port of the S3 store; unset means an embedded one."
+    )
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = False
+    s3_region: str | None = None
+    bucket: str = "digits-registry"
+
+    @property
+    def s3_configured(self) -> bool:
+        """True when an external S3 store is named, so no embedded one is needed."""
+        return bool(self.s3_endpoint and self.s3_access_key and self.s3_secret_key)
+
+
+def get_settings() -> Settings:
+    """Read settings now (not at import time, so tests can set the environment first)."""
+    return Settings()
