@@ -16,7 +16,6 @@ import shutil
 import struct
 import tempfile
 import urllib.request
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,7 +356,7 @@ def build_dataset(
         "files_sha256": source.files,
         "seed": seed,
         "train_size_requested": train_size,
-        "sizes": {name: int(len(dataset.split(name)[1])) for name in SPLITS},
+        "sizes": {name: len(dataset.split(name)[1]) for name in SPLITS},
         "class_counts": {name: _split_counts(dataset.split(name)[1]) for name in SPLITS},
         "holdout_sha256": holdout_digest.hexdigest(),
     }
@@ -396,6 +395,3 @@ def ingest(
         )
     raise DataError(f"unknown source {source!r}; choose 'mnist' or 'kaggle-csv'")
 
-
-def class_names() -> Iterable[str]:
-    return [str(d) for d in range(10)]

@@ -234,7 +234,8 @@ def create_model(kind: str, **params: Any) -> DigitModel:
     try:
         cls = MODEL_KINDS[kind]
     except KeyError:
-        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(MODEL_KINDS)}") from None
+        choices = sorted(MODEL_KINDS)
+        raise ValueError(f"unknown model kind {kind!r}; choose from {choices}") from None
     return cls(**{k: v for k, v in params.items() if k in cls.defaults})
 
 

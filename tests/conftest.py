@@ -1,0 +1,75 @@
+"""Shared fixtures: the real MNIST copy, tiny real subsets of it, a real S3 server.
+
+Tests use genuine digits (a few hundred) and a real ``weed`` S3 server, never
+mocks of the project's own code.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+from components.data import Dataset, Source, build_dataset, load_mnist
+from components.registry import Registry
+from components.s3local import LocalS3
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / "data" / "mnist")
+KAGGLE_DIR = MNIST_DIR.parent / "kaggle"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not MNIST_DIR.is_dir():
+        pytest.fail(f"MNIST copy not found at {MNIST_DIR}; set DIGITS_MNIST_DIR")
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    """The full genuine MNIST: ``(x_train, y_train, x_test, y_test, source)``."""
+    return load_mnist(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(mnist) -> Dataset:
+    """600 train + validation digits and a 300-digit holdout, all genuine MNIST."""
+    x_train, y_train, x_test, y_test, source = mnist
+    return build_dataset(
+        x_train[:1200], y_train[:1200], x_test[:300], y_test[:300],
+        Source("mnist", source.location, source.files), seed=0, train_size=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> LocalS3:
+    server = LocalS3(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """Point ``DIGITS_S3_*`` (and a fresh bucket) at the shared test server."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    for key, value in {**s3_server.environ(), "DIGITS_BUCKET": bucket}.items():
+        monkeypatch.setenv(key, value)
+    return {**s3_server.environ(), "DIGITS_BUCKET": bucket}
+
+
+@pytest.fixture
+def minio_client(s3_server) -> Minio:
+    return Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,
+                 secure=False, region="us-east-1")
+
+
+@pytest.fixture
+def registry(minio_client) -> Registry:
+    """An empty registry in a bucket of its own on the real S3 server."""
+    return Registry(minio_client, f"test-{uuid.uuid4().hex[:12]}")
+
+
