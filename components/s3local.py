@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,6 @@ class LocalS3:
         self.data_dir = Path(data_dir).resolve()
         self.process: subprocess.Popen | None = None
         self.endpoint = ""
-        creds = None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         creds = _credentials(self.data_dir)
         self.access_key, self.secret_key = creds["access_key"], creds["secret_key"]
@@ -152,25 +152,55 @@ class LocalS3:
         }
 
 
+def running_server(data_dir: Path) -> dict[str, str] | None:
+    """The ``DIGITS_S3_*`` of a live embedded store already serving ``data_dir``, if any.
+
+    ``digits run`` and ``digits serve`` share one store: the second to start
+    joins the first instead of opening the same data directory twice.
+    """
+    state = Path(data_dir) / "server.json"
+    try:
+        info = json.loads(state.read_text())
+        os.kill(info["pid"], 0)
+        urllib.request.urlopen(f"http://{info['environ']['DIGITS_S3_ENDPOINT']}/", timeout=1)
+    except urllib.error.HTTPError:
+        return info["environ"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return info["environ"]
+
+
 @contextlib.contextmanager
 def s3_environment(settings) -> Iterator[dict[str, str]]:
-    """Yield ``DIGITS_S3_*`` for the configured store, or for an embedded one started here.
+    """Yield ``DIGITS_S3_*`` for the configured store, or for an embedded one.
 
-    The variables are also placed in ``os.environ`` for the duration, so child
-    processes (KFP's subprocess tasks, gunicorn workers) see the same store.
+    An embedded store already running for ``DIGITS_HOME`` is joined; otherwise
+    one is started here and stopped on exit. The variables are also placed in
+    ``os.environ`` meanwhile, so child processes (KFP's subprocess tasks,
+    gunicorn workers) see the same store.
     """
     if settings.s3_configured:
         yield {}
         return
-    server = LocalS3(Path(settings.home) / "s3").start()
-    saved = {key: os.environ.get(key) for key in server.environ()}
-    os.environ.update(server.environ())
+    data_dir = Path(settings.home) / "s3"
+    environ = running_server(data_dir)
+    server = None
+    if environ is None:
+        server = LocalS3(data_dir).start()
+        environ = server.environ()
+        (data_dir / "server.json").write_text(
+            json.dumps({"pid": server.process.pid, "environ": environ})
+        )
+    saved = {key: os.environ.get(key) for key in environ}
+    os.environ.update(environ)
     try:
-        yield server.environ()
+        yield environ
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        server.stop()
+        if server is not None:
+            (data_dir / "server.json").unlink(missing_ok=True)
+            server.stop()
