@@ -166,9 +166,9 @@ def download_mnist(destination: Path, base_url: str) -> Path:
         fd, tmp = tempfile.mkstemp(dir=destination, prefix=f".{name}.")
         os.close(fd)
         try:
-            with urllib.request.urlopen(base_url.rstrip("/") + "/" + name, timeout=60) as reply:
-                with open(tmp, "wb") as handle:
-                    shutil.copyfileobj(reply, handle)
+            url = base_url.rstrip("/") + "/" + name
+            with urllib.request.urlopen(url, timeout=60) as reply, open(tmp, "wb") as handle:
+                shutil.copyfileobj(reply, handle)
             load_idx(Path(tmp), md5=md5)
             os.replace(tmp, target)
         except OSError as error:

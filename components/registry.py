@@ -186,9 +186,10 @@ class Registry:
         log.info("production -> %s (%s)", version, reason)
         return pointer
 
-    def promote(self, model_dir: Path, metadata: dict[str, Any], reason: str) -> str:
+    def promote(self, model_dir: Path, metadata: dict[str, Any], reason: str,
+                version: str | None = None) -> str:
         """Publish under ``versions/`` and, once verified, move the pointer to it."""
-        version = self.publish(model_dir, metadata, status=VERSIONS)
+        version = self.publish(model_dir, metadata, status=VERSIONS, version=version)
         self.set_production(version, reason)
         return version
 

@@ -1,0 +1,95 @@
+"""Deploy stage: record the gate's verdict in the registry.
+
+A promoted challenger goes to ``versions/`` and becomes production (the
+serving Deployment polls the pointer and rolls over by itself); a rejected
+one goes to ``failed/`` with the evidence, so nothing a run learned is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from components import __version__
+from components.gate import EVALUATION_DIR, PROMOTE
+from components.models import read_info
+from components.registry import FAILED, Registry, utcnow
+
+
+def code_version() -> str:
+    """The package version plus the git commit when known (baked into images as an env var)."""
+    commit = os.environ.get("DIGITS_CODE_VERSION")
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                cwd=Path(__file__).parent, timeout=5, check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def build_metadata(challenger_dir: Path, decision: dict[str, Any],
+                   manifest: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to trust and reproduce a version, in one JSON document."""
+    info = read_info(challenger_dir)
+    metrics = json.loads((Path(challenger_dir) / EVALUATION_DIR / "metrics.json").read_text())
+    return {
+        "kind": info["kind"],
+        "params": info.get("params", {}),
+        "metrics": metrics,
+        "validation_accuracy": info.get("validation_accuracy"),
+        "train_seconds": info.get("train_seconds"),
+        "dataset": manifest,
+        "gate": {k: decision.get(k) for k in ("decision", "reason", "checks", "mcnemar",
+                                               "policy")},
+        "champion_version": (decision.get("champion") or {}).get("version"),
+        "code_version": code_version(),
+        "created_at": utcnow(),
+    }
+
+
+def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
+           manifest: dict[str, Any], run_id: str = "") -> dict[str, Any]:
+    """Promote or archive the challenger according to the decision; return where it went.
+
+    With a ``run_id`` the version is ``<run_id>-<kind>``, so whoever started
+    the run knows its version without asking the registry.
+    """
+    metadata = build_metadata(challenger_dir, decision, manifest)
+    version = f"{run_id}-{metadata['kind']}" if run_id else None
+    if decision["decision"] == PROMOTE:
+        version = registry.promote(challenger_dir, metadata, decision["reason"], version)
+        return {"version": version, "status": "promoted", "production": version}
+    version = registry.publish(challenger_dir, metadata, status=FAILED, version=version)
+    current = registry.production()
+    return {"version": version, "status": "rejected",
+            "production": current.version if current else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="digits deploy", description=__doc__)
+    p.add_argument("--challenger", type=Path, required=True, help="model directory from the gate")
+    p.add_argument("--decision", type=Path, required=True, help="the gate's decision JSON")
+    p.add_argument("--dataset", type=Path, required=True, help="dataset (for its manifest)")
+    p.add_argument("--run-id", default="", help="names the version <run-id>-<kind>")
+    p.add_argument("--expect", choices=["promote", "reject"],
+                   help="fail unless the decision is this (guards the pipeline's branches)")
+    args = p.parse_args(argv)
+    from components.data import MANIFEST_FILE
+    from components.settings import get_settings
+
+    decision = json.loads(args.decision.read_text())
+    if args.expect and decision["decision"] != args.expect:
+        raise SystemExit(f"decision is {decision['decision']!r}, this branch expects "
+                         f"{args.expect!r}")
+    manifest = json.loads((args.dataset / MANIFEST_FILE).read_text())
+    outcome = deploy(Registry.from_settings(get_settings()), args.challenger, decision, manifest,
+                     args.run_id)
+    print(json.dumps(outcome))
+    return 0

@@ -1,0 +1,208 @@
+"""The KFP components: typed interfaces only.
+
+Each body just turns its typed inputs into the stage's ``main(argv)`` flags;
+the work lives in the stage modules, which are tested without KFP. They are
+lightweight Python components (not container components) so that
+``kfp.local``'s SubprocessRunner can run the very same definitions that run
+in ``TRAIN_IMAGE`` on a cluster; the image already has ``kfp`` installed,
+hence ``install_kfp_package=False``.
+"""
+
+from typing import NamedTuple, Optional
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.images import TRAIN_IMAGE
+
+component = dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+
+
+@component
+def ingest(
+    dataset: Output[Dataset],
+    source: str = "mnist",
+    mnist_dir: str = "",
+    csv_path: str = "",
+    train_size: int = 0,
+    holdout_size: int = 0,
+    seed: int = 0,
+):
+    """Read MNIST or a Kaggle CSV; write train / validation / frozen holdout."""
+    import json
+    import os
+
+    from components.ingest import main
+
+    argv = ["--source", source, "--seed", str(seed), "--output", dataset.path]
+    for flag, value in (("--mnist-dir", mnist_dir), ("--csv", csv_path)):
+        if value:
+            argv += [flag, value]
+    for flag, value in (("--train-size", train_size), ("--holdout-size", holdout_size)):
+        if value > 0:
+            argv += [flag, str(value)]
+    if main(argv) != 0:
+        raise RuntimeError("ingest failed; the reason is logged above")
+    with open(os.path.join(dataset.path, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    dataset.metadata.update(source=manifest["source"], seed=seed, **manifest["sizes"])
+
+
+@component
+def train_cnn(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    epochs: int = 12,
+    batch_size: int = 128,
+    learning_rate: float = 0.001,
+    seed: int = 0,
+):
+    """Train the Keras CNN."""
+    import json
+
+    from components.train import main
+
+    params = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+              "seed": seed}
+    main(["--kind", "cnn", "--dataset", dataset.path, "--output", model.path]
+         + [f"--param={k}={json.dumps(v)}" for k, v in params.items()])
+    with open(f"{model.path}/model.json") as handle:
+        info = json.load(handle)
+    model.metadata.update(kind="cnn", validation_accuracy=info["validation_accuracy"])
+    metrics.log_metric("validation_accuracy", info["validation_accuracy"])
+    metrics.log_metric("train_seconds", info["train_seconds"])
+
+
+@component
+def train_xgboost(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    rounds: int = 200,
+    max_depth: int = 6,
+    learning_rate: float = 0.3,
+    seed: int = 0,
+):
+    """Train the XGBoost (hist) model."""
+    import json
+
+    from components.train import main
+
+    params = {"n_estimators": rounds, "max_depth": max_depth, "learning_rate": learning_rate,
+              "seed": seed}
+    main(["--kind", "xgboost", "--dataset", dataset.path, "--output", model.path]
+         + [f"--param={k}={json.dumps(v)}" for k, v in params.items()])
+    with open(f"{model.path}/model.json") as handle:
+        info = json.load(handle)
+    model.metadata.update(kind="xgboost", validation_accuracy=info["validation_accuracy"])
+    metrics.log_metric("validation_accuracy", info["validation_accuracy"])
+    metrics.log_metric("train_seconds", info["train_seconds"])
+
+
+@component
+def train_baseline(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    max_iter: int = 100,
+    seed: int = 0,
+):
+    """Train the scikit-learn logistic-regression baseline."""
+    import json
+
+    from components.train import main
+
+    main(["--kind", "baseline", "--dataset", dataset.path, "--output", model.path,
+          f"--param=max_iter={max_iter}", f"--param=seed={seed}"])
+    with open(f"{model.path}/model.json") as handle:
+        info = json.load(handle)
+    model.metadata.update(kind="baseline", validation_accuracy=info["validation_accuracy"])
+    metrics.log_metric("validation_accuracy", info["validation_accuracy"])
+    metrics.log_metric("train_seconds", info["train_seconds"])
+
+
+@component
+def evaluate(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+):
+    """Score one model on the frozen holdout; feed the KFP dashboard."""
+    import json
+
+    from components.evaluate import main
+
+    main(["--dataset", dataset.path, "--model", model.path, "--output", evaluation.path])
+    with open(f"{evaluation.path}/metrics.json") as handle:
+        result = json.load(handle)
+    for name in ("accuracy", "log_loss", "mcc", "latency_ms_per_1000"):
+        metrics.log_metric(name, result[name])
+    for digit, scores in result["per_class"].items():
+        metrics.log_metric(f"f1_{digit}", scores["f1"])
+    classification.log_confusion_matrix([str(d) for d in range(10)], result["confusion_matrix"])
+
+
+@component
+def gate(
+    dataset: Input[Dataset],
+    challenger: Output[Model],
+    decision_report: Output[Artifact],
+    cnn_model: Optional[Input[Model]] = None,
+    cnn_evaluation: Optional[Input[Artifact]] = None,
+    xgboost_model: Optional[Input[Model]] = None,
+    xgboost_evaluation: Optional[Input[Artifact]] = None,
+    baseline_model: Optional[Input[Model]] = None,
+    baseline_evaluation: Optional[Input[Artifact]] = None,
+    min_accuracy: float = 0.95,
+    min_improvement: float = 0.001,
+    alpha: float = 0.05,
+    max_class_regression: float = 0.02,
+) -> NamedTuple("GateOutputs", decision=str, challenger_kind=str):
+    """Pick the best candidate by validation score; judge it against the champion."""
+    import json
+    from collections import namedtuple
+
+    from components.gate import main
+
+    argv = ["--dataset", dataset.path, "--challenger-output", challenger.path,
+            "--decision-output", decision_report.path,
+            "--min-accuracy", str(min_accuracy), "--min-improvement", str(min_improvement),
+            "--alpha", str(alpha), "--max-class-regression", str(max_class_regression)]
+    pairs = {"cnn": (cnn_model, cnn_evaluation), "xgboost": (xgboost_model, xgboost_evaluation),
+             "baseline": (baseline_model, baseline_evaluation)}
+    for kind, (model, evaluation) in pairs.items():
+        if model is not None and evaluation is not None:
+            argv += ["--candidate", f"{kind}={model.path}",
+                     "--evaluation", f"{kind}={evaluation.path}"]
+    main(argv)
+    with open(decision_report.path) as handle:
+        result = json.load(handle)
+    kind = result["challenger"]["kind"]
+    challenger.metadata.update(kind=kind, decision=result["decision"])
+    decision_report.metadata.update(decision=result["decision"], reason=result["reason"])
+    return namedtuple("GateOutputs", ["decision", "challenger_kind"])(result["decision"], kind)
+
+
+@component
+def deploy(
+    dataset: Input[Dataset],
+    challenger: Input[Model],
+    decision_report: Input[Artifact],
+    expect: str,
+    run_id: str = "",
+) -> str:
+    """Promote (``expect='promote'``) or archive (``'reject'``) the challenger; return JSON."""
+    import io
+    from contextlib import redirect_stdout
+
+    from components.deploy import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main(["--challenger", challenger.path, "--decision", decision_report.path,
+              "--dataset", dataset.path, "--expect", expect, "--run-id", run_id])
+    print(out.getvalue())
+    return out.getvalue().strip()

@@ -1,0 +1,65 @@
+"""Train stage: fit one model family on the dataset's train split.
+
+Every family gets the same images through the same stem and is scored on the
+same validation split, so the gate can pick the run's best model fairly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.data import Dataset
+from components.models import MODEL_KINDS, DigitModel, create_model
+
+log = logging.getLogger(__name__)
+
+
+def train(kind: str, dataset: Dataset, **params: Any) -> tuple[DigitModel, dict[str, Any]]:
+    """Fit a model; return it with what later stages need to know about the fit."""
+    model = create_model(kind, **params)
+    log.info("training %s on %d digits with %s", kind, len(dataset.y_train), model.params)
+    started = time.perf_counter()
+    model.fit(dataset.x_train, dataset.y_train, dataset.x_validation, dataset.y_validation)
+    seconds = time.perf_counter() - started
+    val_accuracy = float(np.mean(model.predict(dataset.x_validation) == dataset.y_validation))
+    info = {
+        "validation_accuracy": val_accuracy,
+        "train_seconds": round(seconds, 3),
+        "train_size": len(dataset.y_train),
+        "dataset_holdout_sha256": dataset.manifest.get("holdout_sha256"),
+    }
+    log.info("%s: validation accuracy %.4f in %.1fs", kind, val_accuracy, seconds)
+    return model, info
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "learning_rate=0.1"]`` → ``{"epochs": 3, "learning_rate": 0.1}``."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--param expects KEY=VALUE, got {pair!r}")
+        params[key] = json.loads(value)
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="digits train", description=__doc__)
+    p.add_argument("--kind", choices=sorted(MODEL_KINDS), required=True)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="model directory to write")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="model parameter (JSON value), repeatable")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    model, info = train(args.kind, Dataset.load(args.dataset), **parse_params(args.param))
+    model.save(args.output, **info)
+    print(json.dumps({"kind": args.kind, **info}))
+    return 0

@@ -1,0 +1,1 @@
+"""KFP wiring: which stages run, in what order, with which parameters."""

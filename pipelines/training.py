@@ -1,0 +1,120 @@
+"""The training pipeline: ingest → train (parallel) → evaluate → gate → deploy.
+
+Only wiring lives here; every stage is a component from :mod:`components.ops`.
+:func:`build_pipeline` makes a pipeline for any subset of model families
+(``digits run --models``); the checked-in ``digits_pipeline.yaml`` is the
+default with all three, compiled by ``digits compile``.
+"""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+from components import ops
+from components.gate import GatePolicy
+
+MODEL_FAMILIES = ("cnn", "xgboost", "baseline")
+PIPELINE_NAME = "digits-training"
+COMPILED = Path(__file__).with_name("digits_pipeline.yaml")
+#: Kubernetes objects the tasks that touch the registry read their S3 settings from.
+S3_SECRET = "digits-s3"
+S3_CONFIG_MAP = "digits-config"
+S3_SECRET_KEYS = ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")
+S3_CONFIG_KEYS = ("DIGITS_S3_ENDPOINT", "DIGITS_S3_SECURE", "DIGITS_BUCKET")
+
+_POLICY = GatePolicy()
+
+
+def _with_registry_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """S3 credentials come from a Secret on the cluster, never from parameters."""
+    kubernetes.use_secret_as_env(
+        task, secret_name=S3_SECRET, secret_key_to_env={k: k for k in S3_SECRET_KEYS}
+    )
+    kubernetes.use_config_map_as_env(
+        task, config_map_name=S3_CONFIG_MAP, config_map_key_to_env={k: k for k in S3_CONFIG_KEYS}
+    )
+    task.set_caching_options(False)  # the champion changes between runs
+    return task
+
+
+def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
+    """A KFP pipeline training ``models`` side by side, gated against production."""
+    unknown = set(models) - set(MODEL_FAMILIES)
+    if unknown or not models:
+        raise ValueError(f"models must be a non-empty subset of {MODEL_FAMILIES}, got {models}")
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Train a CNN, XGBoost and a baseline on MNIST; promote the best "
+                    "only if it beats production on the frozen holdout.",
+    )
+    def digits_pipeline(
+        source: str = "mnist",
+        mnist_dir: str = "",
+        csv_path: str = "",
+        train_size: int = 0,
+        holdout_size: int = 0,
+        seed: int = 0,
+        epochs: int = 12,
+        batch_size: int = 128,
+        cnn_learning_rate: float = 0.001,
+        xgb_rounds: int = 200,
+        xgb_max_depth: int = 6,
+        xgb_learning_rate: float = 0.3,
+        baseline_max_iter: int = 100,
+        min_accuracy: float = _POLICY.min_accuracy,
+        min_improvement: float = _POLICY.min_improvement,
+        alpha: float = _POLICY.alpha,
+        max_class_regression: float = _POLICY.max_class_regression,
+        run_id: str = "",
+    ) -> dsl.Artifact:
+        data = ops.ingest(
+            source=source, mnist_dir=mnist_dir, csv_path=csv_path, train_size=train_size,
+            holdout_size=holdout_size, seed=seed,
+        ).set_display_name("ingest")
+        dataset = data.outputs["dataset"]
+        trainers = {
+            "cnn": lambda: ops.train_cnn(
+                dataset=dataset, epochs=epochs, batch_size=batch_size,
+                learning_rate=cnn_learning_rate, seed=seed,
+            ).set_cpu_request("2").set_memory_request("4G"),
+            "xgboost": lambda: ops.train_xgboost(
+                dataset=dataset, rounds=xgb_rounds, max_depth=xgb_max_depth,
+                learning_rate=xgb_learning_rate, seed=seed,
+            ).set_cpu_request("2").set_memory_request("4G"),
+            "baseline": lambda: ops.train_baseline(
+                dataset=dataset, max_iter=baseline_max_iter, seed=seed,
+            ),
+        }
+        candidates = {}
+        for kind in models:
+            trained = trainers[kind]().set_display_name(f"train-{kind}")
+            scored = ops.evaluate(dataset=dataset, model=trained.outputs["model"])
+            scored.set_display_name(f"evaluate-{kind}")
+            candidates[f"{kind}_model"] = trained.outputs["model"]
+            candidates[f"{kind}_evaluation"] = scored.outputs["evaluation"]
+
+        judged = _with_registry_access(ops.gate(
+            dataset=dataset, min_accuracy=min_accuracy, min_improvement=min_improvement,
+            alpha=alpha, max_class_regression=max_class_regression, **candidates,
+        ).set_display_name("gate"))
+        registered = {"dataset": dataset, "run_id": run_id,
+                      "challenger": judged.outputs["challenger"],
+                      "decision_report": judged.outputs["decision_report"]}
+        with dsl.If(judged.outputs["decision"] == "promote", name="gate-passed"):
+            _with_registry_access(ops.deploy(expect="promote", **registered)
+                                  .set_display_name("deploy"))
+        with dsl.Else(name="gate-failed"):
+            _with_registry_access(ops.deploy(expect="reject", **registered)
+                                  .set_display_name("archive-rejected"))
+        return judged.outputs["decision_report"]
+
+    return digits_pipeline
+
+
+def compile_pipeline(output: Path = COMPILED, models: Sequence[str] = MODEL_FAMILIES) -> Path:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(models), str(output))
+    return output
