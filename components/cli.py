@@ -117,7 +117,8 @@ def _registry(args) -> int:
         for row in result:
             acc = "" if row["holdout_accuracy"] is None else f"{row['holdout_accuracy']:.4f}"
             star = "*" if row["production"] else ""
-            print(f"{row['version']:<40}{row['status']:<10}{row['kind'] or '?':<10}{acc:>8}  {star}")
+            kind = row["kind"] or "?"
+            print(f"{row['version']:<40}{row['status']:<10}{kind:<10}{acc:>8}  {star}")
     elif args.verb == "show":
         print(json.dumps(result, indent=2))
     else:
