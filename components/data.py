@@ -113,8 +113,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         header = struct.pack(">IIII", IMAGES_MAGIC, *array.shape)
     else:
         header = struct.pack(">II", LABELS_MAGIC, array.shape[0])
-    with gzip.open(path, "wb", mtime=0) as handle:
-        handle.write(header + array.tobytes())
+    Path(path).write_bytes(gzip.compress(header + array.tobytes(), mtime=0))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class RegistryError(RuntimeError):
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_version_id(kind: str) -> str:
@@ -243,7 +243,8 @@ class Registry:
                     "holdout_accuracy": meta.get("metrics", {}).get("accuracy"),
                     "created_at": meta.get("created_at"),
                 })
-        return sorted(rows, key=lambda row: row["version"], reverse=True)
+        return sorted(rows, key=lambda row: (row["created_at"] or "", row["version"]),
+                      reverse=True)
 
     def download(self, version: str, destination: Path) -> dict[str, Any]:
         """Fetch a version into ``destination`` with every sha256 checked; return metadata.

@@ -1,0 +1,158 @@
+"""The gate's decision table and its statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from components.evaluate import evaluate
+from components.gate import (
+    PROMOTE,
+    REJECT,
+    GateError,
+    GatePolicy,
+    decide,
+    mcnemar_exact,
+    run_gate,
+    select_challenger,
+)
+from components.train import train
+
+POLICY = GatePolicy(min_accuracy=0.8, min_improvement=0.001, alpha=0.05,
+                    max_class_regression=0.02)
+
+
+@pytest.fixture(scope="module")
+def labels(mnist):
+    return mnist[3]  # the 10,000 genuine holdout labels
+
+
+def wrong_on(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Predictions equal to the labels except where ``mask`` is set."""
+    pred = labels.copy()
+    pred[mask] = (labels[mask] + 1) % 10
+    return pred
+
+
+def failed(result: dict) -> set[str]:
+    return {c["name"] for c in result["checks"] if not c["passed"]}
+
+
+def test_mcnemar_exact_matches_the_binomial_by_hand():
+    y = np.zeros(20, dtype=int)
+    challenger = np.zeros(20, dtype=int)
+    champion = np.zeros(20, dtype=int)
+    champion[:10] = 1  # the challenger alone is right on 10 digits: b=10, c=0
+    test = mcnemar_exact(y, challenger, champion)
+    assert (test["b"], test["c"]) == (10, 0)
+    assert test["p_value"] == pytest.approx(2 * 0.5**10)
+    assert mcnemar_exact(y, challenger, challenger)["p_value"] == 1.0
+
+
+def test_first_model_is_judged_by_the_floor_alone(labels):
+    rng = np.random.default_rng(0)
+    good = decide(labels, wrong_on(labels, rng.random(len(labels)) < 0.1), None, POLICY)
+    assert good["decision"] == PROMOTE and "no champion" in good["reason"]
+    bad = decide(labels, wrong_on(labels, rng.random(len(labels)) < 0.3), None, POLICY)
+    assert bad["decision"] == REJECT and failed(bad) == {"accuracy_floor"}
+
+
+def test_clearly_better_challenger_is_promoted(labels):
+    rng = np.random.default_rng(1)
+    champion_wrong = rng.random(len(labels)) < 0.05
+    challenger_wrong = champion_wrong & (rng.random(len(labels)) < 0.5)
+    result = decide(labels, wrong_on(labels, challenger_wrong),
+                    wrong_on(labels, champion_wrong), POLICY)
+    assert result["decision"] == PROMOTE, result["reason"]
+    assert result["mcnemar"]["b"] > 0 and result["mcnemar"]["c"] == 0
+    assert result["mcnemar"]["p_value"] < 1e-10
+
+
+def test_equal_challenger_is_rejected(labels):
+    pred = wrong_on(labels, np.random.default_rng(2).random(len(labels)) < 0.05)
+    result = decide(labels, pred, pred.copy(), POLICY)
+    assert result["decision"] == REJECT
+    assert failed(result) == {"beats_champion", "mcnemar"}
+
+
+def test_worse_challenger_is_rejected(labels):
+    rng = np.random.default_rng(3)
+    champion_wrong = rng.random(len(labels)) < 0.03
+    challenger_wrong = champion_wrong | (rng.random(len(labels)) < 0.03)
+    result = decide(labels, wrong_on(labels, challenger_wrong),
+                    wrong_on(labels, champion_wrong), POLICY)
+    assert result["decision"] == REJECT
+    assert {"beats_champion", "mcnemar"} <= failed(result)
+
+
+def test_better_by_a_hair_is_not_significant(labels):
+    rng = np.random.default_rng(4)
+    champion_wrong = rng.random(len(labels)) < 0.05
+    challenger_wrong = champion_wrong.copy()
+    flip = np.flatnonzero(champion_wrong)[:20]  # challenger fixes 20 digits …
+    challenger_wrong[flip] = False
+    new = np.flatnonzero(~champion_wrong)[:9]  # … and breaks 9 others: b=20, c=9, p ≈ 0.06
+    challenger_wrong[new] = True
+    result = decide(labels, wrong_on(labels, challenger_wrong),
+                    wrong_on(labels, champion_wrong), POLICY)
+    assert result["challenger"]["accuracy"] > result["champion"]["accuracy"]
+    assert result["decision"] == REJECT and failed(result) == {"mcnemar"}
+
+
+def test_significantly_better_but_one_class_collapsed_is_rejected(labels):
+    rng = np.random.default_rng(5)
+    sevens = labels == 7
+    champion_wrong = ~sevens & (rng.random(len(labels)) < 0.2)
+    challenger_wrong = sevens & (rng.random(len(labels)) < 0.1)
+    result = decide(labels, wrong_on(labels, challenger_wrong),
+                    wrong_on(labels, champion_wrong), POLICY)
+    assert result["challenger"]["accuracy"] - result["champion"]["accuracy"] > 0.1
+    assert result["mcnemar"]["p_value"] < 1e-10
+    assert result["decision"] == REJECT and failed(result) == {"class_regression"}
+    assert "digit 7" in result["reason"]
+
+
+@pytest.fixture(scope="module")
+def candidates(tiny_dataset, tmp_path_factory):
+    """Two real models with their evaluations, as the pipeline hands them over."""
+    models, evaluations = {}, {}
+    for kind, params in (("baseline", {"max_iter": 200}), ("xgboost", {"n_estimators": 8})):
+        model, info = train(kind, tiny_dataset, **params)
+        models[kind] = tmp_path_factory.mktemp(f"{kind}-model")
+        model.save(models[kind], **info)
+        evaluations[kind] = tmp_path_factory.mktemp(f"{kind}-eval")
+        evaluate(model, tiny_dataset).save(evaluations[kind])
+    return models, evaluations
+
+
+def test_challenger_is_chosen_by_validation_not_holdout(candidates, tmp_path):
+    models, _ = candidates
+    for kind, score in (("baseline", 0.5), ("xgboost", 0.9)):
+        info = json.loads((models[kind] / "model.json").read_text())
+        target = tmp_path / kind
+        target.mkdir()
+        (target / "model.json").write_text(json.dumps({**info, "validation_accuracy": score}))
+    assert select_challenger({k: tmp_path / k for k in ("baseline", "xgboost")}) == "xgboost"
+    with pytest.raises(GateError, match="no candidate"):
+        select_challenger({})
+
+
+def test_run_gate_scores_the_champion_on_this_runs_holdout(candidates, tiny_dataset):
+    models, evaluations = candidates
+    result = run_gate(tiny_dataset, models, evaluations, ("v-champion", models["baseline"]),
+                      GatePolicy(min_accuracy=0.5))
+    assert result["champion"]["version"] == "v-champion"
+    assert result["champion"]["metrics"]["n"] == len(tiny_dataset.y_holdout)
+    assert set(result["candidates"]) == {"baseline", "xgboost"}
+    assert result["challenger"]["kind"] == select_challenger(models)
+    assert result["decision"] in (PROMOTE, REJECT) and result["reason"]
+
+
+def test_evaluation_on_another_holdout_is_refused(candidates, tiny_dataset):
+    models, evaluations = candidates
+    other = type(tiny_dataset)(**{**tiny_dataset.__dict__,
+                                  "manifest": {**tiny_dataset.manifest, "holdout_sha256": "x"}})
+    with pytest.raises(GateError, match="different holdout"):
+        run_gate(other, models, evaluations, None, POLICY)

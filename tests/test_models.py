@@ -1,0 +1,88 @@
+"""Model behaviour: each family learns real digits, and survives a save/load round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.models import ModelError, create_model, load_model, read_info
+from components.train import train
+
+# Small but real: a few hundred genuine MNIST digits, a few seconds per model.
+TINY_PARAMS = {
+    "cnn": {"epochs": 4, "batch_size": 32},
+    "xgboost": {"n_estimators": 15, "max_depth": 4},
+    "baseline": {"max_iter": 100},
+}
+# Chance is 10%; these models reach well past 70% on 600 digits.
+MIN_TINY_ACCURACY = 0.7
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_PARAMS))
+def trained(request, tiny_dataset, tmp_path_factory):
+    kind = request.param
+    model, info = train(kind, tiny_dataset, **TINY_PARAMS[kind])
+    directory = tmp_path_factory.mktemp(kind)
+    model.save(directory, **info)
+    return kind, model, info, directory
+
+
+def test_models_learn_real_digits(trained, tiny_dataset):
+    kind, model, info, _ = trained
+    accuracy = np.mean(model.predict(tiny_dataset.x_holdout) == tiny_dataset.y_holdout)
+    assert accuracy > MIN_TINY_ACCURACY, f"{kind}: {accuracy:.3f}"
+    assert info["validation_accuracy"] > MIN_TINY_ACCURACY
+    assert info["train_seconds"] > 0
+
+
+def test_probabilities_are_distributions(trained, tiny_dataset):
+    _, model, _, _ = trained
+    proba = model.predict_proba(tiny_dataset.x_holdout[:50])
+    assert proba.shape == (50, 10) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, tiny_dataset):
+    kind, model, _, directory = trained
+    loaded = load_model(directory)
+    assert loaded.kind == kind
+    np.testing.assert_allclose(loaded.predict_proba(tiny_dataset.x_holdout),
+                               model.predict_proba(tiny_dataset.x_holdout), atol=1e-6)
+    info = read_info(directory)
+    assert info["params"]["seed"] == 0 and info["history"]
+
+
+def test_training_curves_are_recorded(trained):
+    kind, model, _, _ = trained
+    key = {"cnn": "val_accuracy", "xgboost": "val_mlogloss", "baseline": "val_accuracy"}[kind]
+    expected = {"cnn": 4, "xgboost": 15, "baseline": 1}[kind]
+    assert len(model.history[key]) == expected
+
+
+def test_predictions_do_not_depend_on_batch_split(trained, tiny_dataset):
+    _, model, _, _ = trained
+    x = tiny_dataset.x_holdout[:64]
+    whole = model.predict_proba(x)
+    one_by_one = np.concatenate([model.predict_proba(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
+
+
+def test_unknown_kind_and_parameters_are_rejected():
+    with pytest.raises(ValueError, match="unknown model kind"):
+        create_model("svm")
+    from components.models import CNN
+
+    with pytest.raises(ValueError, match="unknown parameters"):
+        CNN(epochz=3)
+
+
+def test_corrupt_weights_raise_a_model_error(trained, tmp_path):
+    kind, model, _, directory = trained
+    broken = tmp_path / "broken"
+    model.save(broken)
+    (broken / model.filename).write_bytes(b"not a model")
+    with pytest.raises(ModelError, match=f"cannot load {kind}"):
+        load_model(broken)
+    (broken / "model.json").write_text('{"kind": "svm"}')
+    with pytest.raises(ModelError, match="unknown model kind"):
+        load_model(broken)

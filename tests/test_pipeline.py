@@ -1,0 +1,84 @@
+"""The KFP wiring: the checked-in YAML is current and says what the cluster needs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from components.images import TRAIN_IMAGE
+from pipelines.training import (
+    COMPILED,
+    MODEL_FAMILIES,
+    S3_SECRET,
+    S3_SECRET_KEYS,
+    build_pipeline,
+    compile_pipeline,
+)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = compile_pipeline(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
+    documents = list(yaml.safe_load_all(path.read_text()))
+    return path, documents[0], documents[1] if len(documents) > 1 else {}
+
+
+def test_checked_in_pipeline_yaml_is_not_stale(compiled):
+    path, _, _ = compiled
+    assert COMPILED.read_text() == path.read_text(), (
+        "pipelines/digits_pipeline.yaml is stale: run `digits compile` and commit it")
+
+
+def test_every_executor_runs_in_the_train_image(compiled):
+    _, spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) >= 7
+    assert {e["container"]["image"] for e in executors.values()} == {TRAIN_IMAGE}
+
+
+def test_models_train_in_parallel_branches_and_deploy_is_conditional(compiled):
+    _, spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    for kind in MODEL_FAMILIES:
+        train = next(t for name, t in tasks.items() if name == f"train-{kind}")
+        assert train["dependentTasks"] == ["ingest"]
+    assert tasks["gate"]["dependentTasks"] == sorted(
+        ["ingest"] + [f"train-{k}" for k in MODEL_FAMILIES]
+        + ["evaluate", "evaluate-2", "evaluate-3"])
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = sorted(t["triggerPolicy"]["condition"] for t in branches.values())
+    assert len(conditions) == 2, "deploy must sit behind dsl.If / dsl.Else"
+    assert conditions[0] == f"!({conditions[1]})" and conditions[1].endswith("== 'promote'")
+    deploys = [t for name, c in spec["components"].items() if name.startswith("comp-condition-")
+               and name != "comp-condition-branches-1" for t in c["dag"]["tasks"].values()]
+    assert sorted(t["inputs"]["parameters"]["expect"]["runtimeValue"]["constant"]
+                  for t in deploys) == ["promote", "reject"]
+
+
+def test_s3_credentials_come_from_a_secret_not_parameters(compiled):
+    _, spec, platform = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert not [p for p in params if "key" in p.lower() or "secret" in p.lower()]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secret_users = [e for e in executors.values() if "secretAsEnv" in e]
+    assert len(secret_users) == 3  # the gate and the deploy step in each branch
+    for executor in secret_users:
+        [entry] = executor["secretAsEnv"]
+        assert entry["secretName"] == S3_SECRET
+        assert {kv["envVar"] for kv in entry["keyToEnv"]} == set(S3_SECRET_KEYS)
+
+
+def test_pipeline_parameters_expose_training_and_gate_knobs(compiled):
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name in ("train_size", "epochs", "batch_size", "xgb_rounds", "xgb_max_depth", "seed",
+                 "min_accuracy", "min_improvement", "alpha", "max_class_regression"):
+        assert name in params
+
+
+def test_subsets_of_models_build_and_unknown_ones_do_not():
+    assert build_pipeline(["xgboost"]) is not None
+    with pytest.raises(ValueError, match="subset"):
+        build_pipeline(["svm"])
+    with pytest.raises(ValueError, match="subset"):
+        build_pipeline([])

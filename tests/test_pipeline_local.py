@@ -1,0 +1,48 @@
+"""End to end: ``digits run --quick`` twice through kfp.local, with its own S3 store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "components.cli", "run", "--quick", "--json", *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_quick_run_twice_promotes_then_refuses_a_weaker_model(tmp_path, mnist_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+    env.update(DIGITS_HOME=str(tmp_path / "home"), DIGITS_MNIST_DIR=str(mnist_dir))
+
+    first = run_cli(env=env)
+    assert set(first["models"]) == {"cnn", "xgboost", "baseline"}
+    for row in first["models"].values():
+        assert 0.5 < row["holdout_accuracy"] <= 1 and row["train_seconds"] > 0
+    assert first["gate"]["decision"] == "promote" and first["gate"]["champion"] is None
+    assert first["production"] == first["version"]
+
+    weaker = run_cli("--train-size", "200", "--models", "xgboost,baseline", env=env)
+    assert weaker["gate"]["decision"] == "reject"
+    assert weaker["gate"]["champion"] == first["version"]
+    assert weaker["production"] == first["version"]
+    assert set(weaker["models"]) == {"xgboost", "baseline"}
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "components.cli", "registry", "list", "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )
+    statuses = {row["version"]: row["status"] for row in json.loads(listed.stdout)}
+    assert statuses == {first["version"]: "versions", weaker["version"]: "failed"}
+    # The embedded store was stopped after each command.
+    assert not (tmp_path / "home" / "s3" / "server.json").exists()

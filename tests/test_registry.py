@@ -1,0 +1,137 @@
+"""The registry against a real S3 server (SeaweedFS ``weed``), through the minio SDK."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from minio import Minio
+
+from components.registry import FAILED, POINTER, Registry, RegistryError
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A small model-shaped directory (two files, one nested)."""
+    directory = tmp_path / "model"
+    (directory / "evaluation").mkdir(parents=True)
+    (directory / "model.json").write_text(json.dumps({"kind": "baseline"}))
+    (directory / "weights.npz").write_bytes(bytes(range(256)) * 100)
+    (directory / "evaluation" / "metrics.json").write_text('{"accuracy": 0.9}')
+    return directory
+
+
+def meta(accuracy: float = 0.9) -> dict:
+    return {"kind": "baseline", "metrics": {"accuracy": accuracy}}
+
+
+class FailingPointerWrite(Minio):
+    """An S3 client whose connection drops exactly when the pointer is written."""
+
+    def put_object(self, bucket_name, object_name, *args, **kwargs):
+        if object_name == POINTER:
+            raise ConnectionError("connection reset while writing the pointer")
+        return super().put_object(bucket_name, object_name, *args, **kwargs)
+
+
+class CorruptingUpload(Minio):
+    """An S3 client that flips a byte in weight files on the way up (bad disk, bad proxy)."""
+
+    def put_object(self, bucket_name, object_name, data, length, *args, **kwargs):
+        if object_name.endswith("weights.npz"):
+            raw = bytearray(data.read())
+            raw[0] ^= 0xFF
+            data = io.BytesIO(bytes(raw))
+        return super().put_object(bucket_name, object_name, data, length, *args, **kwargs)
+
+
+def _client(cls, s3_server) -> Minio:
+    return cls(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False,
+               region="us-east-1")
+
+
+def test_empty_registry_has_no_production(registry):
+    registry.ensure_bucket()
+    assert registry.production() is None
+    assert registry.list() == []
+
+
+def test_promote_publishes_verifies_and_points(registry, model_dir, tmp_path):
+    version = registry.promote(model_dir, meta(), reason="first")
+    pointer = registry.production()
+    assert pointer.version == version and pointer.history == []
+    stored = registry.metadata(version)
+    assert set(stored["files"]) == {"model.json", "weights.npz", "evaluation/metrics.json"}
+    assert all(len(f["sha256"]) == 64 for f in stored["files"].values())
+    fetched = registry.download(version, tmp_path / "fetched")
+    assert fetched["version"] == version
+    assert (tmp_path / "fetched" / "weights.npz").read_bytes() == (
+        model_dir / "weights.npz").read_bytes()
+    [row] = registry.list()
+    assert row["production"] and row["holdout_accuracy"] == 0.9 and row["status"] == "versions"
+
+
+def test_failed_versions_are_kept_but_never_served(registry, model_dir):
+    good = registry.promote(model_dir, meta(), reason="first")
+    rejected = registry.publish(model_dir, meta(0.5), status=FAILED)
+    assert registry.production().version == good
+    assert {r["version"]: r["status"] for r in registry.list()} == {
+        good: "versions", rejected: "failed"}
+    with pytest.raises(RegistryError, match="rejected by the gate"):
+        registry.set_production(rejected, "try to serve a rejected model")
+    assert registry.production().version == good
+
+
+def test_rollback_walks_back_through_history(registry, model_dir):
+    first = registry.promote(model_dir, meta(0.90), reason="one")
+    second = registry.promote(model_dir, meta(0.95), reason="two")
+    assert registry.production().history[0]["version"] == first
+    pointer = registry.rollback()
+    assert pointer.version == first and "from " + second in pointer.reason
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback()
+    assert registry.production().version == first
+
+
+def test_promotion_interrupted_before_the_pointer_leaves_production_intact(
+        registry, model_dir, s3_server):
+    champion = registry.promote(model_dir, meta(0.9), reason="champion")
+    flaky = Registry(_client(FailingPointerWrite, s3_server), registry.bucket)
+    with pytest.raises(ConnectionError):
+        flaky.promote(model_dir, meta(0.99), reason="challenger")
+    assert registry.production().version == champion
+    # The upload itself completed and verified: it can be promoted by hand later.
+    newest = registry.list()[0]
+    assert newest["version"] != champion and not newest["production"]
+    assert len(registry.list()) == 2
+    registry.set_production(newest["version"], "promoted after the outage")
+    assert registry.production().version == newest["version"]
+
+
+def test_corrupted_upload_never_reaches_production(registry, model_dir, s3_server):
+    champion = registry.promote(model_dir, meta(0.9), reason="champion")
+    corrupting = Registry(_client(CorruptingUpload, s3_server), registry.bucket)
+    with pytest.raises(RegistryError, match="weights.npz fails its sha256"):
+        corrupting.promote(model_dir, meta(0.99), reason="challenger")
+    assert registry.production().version == champion
+
+
+def test_tampered_version_cannot_be_downloaded_or_promoted(registry, model_dir, minio_client,
+                                                           tmp_path):
+    version = registry.publish(model_dir, meta())
+    key = f"versions/{version}/weights.npz"
+    minio_client.put_object(registry.bucket, key, io.BytesIO(b"tampered"), 8)
+    with pytest.raises(RegistryError, match="sha256"):
+        registry.download(version, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".download-")]
+    with pytest.raises(RegistryError, match="sha256"):
+        registry.set_production(version, "should fail")
+    assert registry.production() is None
+
+
+def test_unknown_version_is_a_clear_error(registry):
+    registry.ensure_bucket()
+    with pytest.raises(RegistryError, match="no version 'nope'"):
+        registry.metadata("nope")
