@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in STAGES.items():
         sub.add_parser(name, help=f"run the {name} stage ({module})", add_help=False)
     sub.add_parser("serve", help="start the HTTP model server (gunicorn)", add_help=False)
+    sub.add_parser("submit", help="start a run of the compiled pipeline on a KFP cluster",
+                   add_help=False)
     return parser
 
 
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving.cli import main as serve
 
         return serve(argv[1:])
+    if argv and argv[0] == "submit":
+        from pipelines.submit import main as submit
+
+        return submit(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "registry": _registry, "compile": _compile}
     try:

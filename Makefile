@@ -1,0 +1,49 @@
+# Two commands matter: `make run` (set up, then run the full pipeline locally)
+# and `make test` (set up, then run every test). Everything else is a convenience.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Use the machine's MNIST copy when there is one (CI, this workspace); otherwise
+# the loader downloads and checksum-verifies it into ~/.cache/digits.
+SHARED_MNIST := $(abspath ../shared/data/mnist)
+ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
+export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
+endif
+
+.PHONY: setup run quick test lint pipeline images serve bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup  ## the full pipeline: CNN, XGBoost and baseline on all of MNIST, gate, deploy
+	$(BIN)/digits run
+
+quick: setup  ## a smoke run in about a minute
+	$(BIN)/digits run --quick
+
+test: setup  ## every test; Docker and browser tests skip themselves without an engine/browser
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+pipeline: setup  ## recompile pipelines/digits_pipeline.yaml after changing the wiring
+	$(BIN)/digits compile
+
+images:  ## build digits-train and digits-serve with the local Docker engine
+	scripts/build-images.sh
+
+serve: setup
+	$(BIN)/digits serve
+
+bench: setup  ## serving throughput/latency vs in-process predict and MLServer
+	$(BIN)/python bench/serving.py
+
+clean:
+	rm -rf .digits .pytest_cache .ruff_cache
