@@ -17,6 +17,7 @@ STAGES = {
     "evaluate": "components.evaluate",
     "gate": "components.gate",
     "deploy": "components.deploy",
+    "report": "components.watch",
 }
 
 

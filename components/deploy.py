@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from components import __version__
-from components.gate import EVALUATION_DIR, PROMOTE
+from components.gate import DECISION_FILE, EVALUATION_DIR, PROMOTE
 from components.models import read_info
 from components.registry import FAILED, Registry, utcnow
+from components.report import REPORT_FILE, ModelEvaluation
+from components.watch import GATE_DIR
 
 
 def code_version() -> str:
@@ -38,7 +42,7 @@ def build_metadata(challenger_dir: Path, decision: dict[str, Any],
                    manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything needed to trust and reproduce a version, in one JSON document."""
     info = read_info(challenger_dir)
-    metrics = json.loads((Path(challenger_dir) / EVALUATION_DIR / "metrics.json").read_text())
+    metrics = ModelEvaluation.load(Path(challenger_dir) / EVALUATION_DIR).metrics
     return {
         "kind": info["kind"],
         "params": info.get("params", {}),
@@ -54,12 +58,24 @@ def build_metadata(challenger_dir: Path, decision: dict[str, Any],
     }
 
 
+def assemble(challenger_dir: Path, decision_dir: Path | None, report: Path | None,
+             staging: Path) -> Path:
+    """Lay out a version: model files, ``evaluation/``, ``gate/`` evidence, ``report.html``."""
+    shutil.copytree(challenger_dir, staging)
+    if decision_dir is not None:
+        shutil.copytree(decision_dir, staging / GATE_DIR)
+    if report is not None:
+        shutil.copy(report, staging / REPORT_FILE)
+    return staging
+
+
 def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
            manifest: dict[str, Any], run_id: str = "") -> dict[str, Any]:
     """Promote or archive the challenger according to the decision; return where it went.
 
-    With a ``run_id`` the version is ``<run_id>-<kind>``, so whoever started
-    the run knows its version without asking the registry.
+    ``challenger_dir`` is the assembled version (see :func:`assemble`). With a
+    ``run_id`` the version is ``<run_id>-<kind>``, so whoever started the run
+    knows its version without asking the registry.
     """
     metadata = build_metadata(challenger_dir, decision, manifest)
     version = f"{run_id}-{metadata['kind']}" if run_id else None
@@ -75,7 +91,8 @@ def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="digits deploy", description=__doc__)
     p.add_argument("--challenger", type=Path, required=True, help="model directory from the gate")
-    p.add_argument("--decision", type=Path, required=True, help="the gate's decision JSON")
+    p.add_argument("--decision", type=Path, required=True, help="the gate's decision directory")
+    p.add_argument("--report", type=Path, help="the run's report.html, stored with the version")
     p.add_argument("--dataset", type=Path, required=True, help="dataset (for its manifest)")
     p.add_argument("--run-id", default="", help="names the version <run-id>-<kind>")
     p.add_argument("--expect", choices=["promote", "reject"],
@@ -84,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     from components.data import MANIFEST_FILE
     from components.settings import get_settings
 
-    decision = json.loads(args.decision.read_text())
+    decision = json.loads((args.decision / DECISION_FILE).read_text())
     if args.expect and decision["decision"] != args.expect:
         raise SystemExit(f"decision is {decision['decision']!r}, this branch expects "
                          f"{args.expect!r}")
     manifest = json.loads((args.dataset / MANIFEST_FILE).read_text())
-    outcome = deploy(Registry.from_settings(get_settings()), args.challenger, decision, manifest,
-                     args.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        version_dir = assemble(args.challenger, args.decision, args.report, Path(tmp) / "v")
+        outcome = deploy(Registry.from_settings(get_settings()), version_dir, decision,
+                         manifest, args.run_id)
     print(json.dumps(outcome))
     return 0

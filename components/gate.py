@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from components.data import Dataset
-from components.evaluate import Evaluation, evaluate
-from components.models import load_model, read_info
+from components.evaluate import evaluate_saved
+from components.metrics import mcnemar_test
+from components.models import read_info
+from components.report import ModelEvaluation
 from components.stem import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ PROMOTE = "promote"
 REJECT = "reject"
 EVALUATION_DIR = "evaluation"
 DECISION_FILE = "decision.json"
+CHAMPION_DIR = "champion"
 
 
 @dataclass(frozen=True)
@@ -46,22 +48,6 @@ class GatePolicy:
 
 class GateError(RuntimeError):
     """The gate cannot judge (inputs disagree or the champion cannot be scored)."""
-
-
-def mcnemar_exact(y_true: np.ndarray, challenger_pred: np.ndarray,
-                  champion_pred: np.ndarray) -> dict[str, float]:
-    """McNemar's exact test on paired predictions.
-
-    ``b`` counts digits only the challenger gets right, ``c`` those only the
-    champion gets right; under "no difference" each discordant digit is a fair
-    coin, so the two-sided binomial p-value of ``b`` out of ``b + c`` decides.
-    """
-    challenger_ok = challenger_pred == y_true
-    champion_ok = champion_pred == y_true
-    b = int(np.sum(challenger_ok & ~champion_ok))
-    c = int(np.sum(~challenger_ok & champion_ok))
-    p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    return {"b": b, "c": c, "p_value": p_value}
 
 
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -94,7 +80,7 @@ def decide(y_true: np.ndarray, challenger_pred: np.ndarray,
         champ_accuracy = float(np.mean(champion_pred == y_true))
         champ_recall = per_class_recall(y_true, champion_pred)
         gain = accuracy - champ_accuracy
-        test = mcnemar_exact(y_true, challenger_pred, champion_pred)
+        test = mcnemar_test(y_true, challenger_pred, champion_pred)
         drops = {d: champ_recall[d] - recall[d] for d in recall if not np.isnan(recall[d])}
         worst = max(drops, key=drops.get)
         checks += [
@@ -131,40 +117,44 @@ def select_challenger(candidates: dict[str, Path]) -> str:
 
 
 def run_gate(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[str, Path],
-             champion: tuple[str, Path] | None, policy: GatePolicy) -> dict[str, Any]:
-    """Choose the challenger, score the champion on the same holdout, and decide."""
+             champion: tuple[str, Path] | None,
+             policy: GatePolicy) -> tuple[dict[str, Any], ModelEvaluation | None]:
+    """Choose the challenger, score the champion on the same holdout, and decide.
+
+    Returns the decision and the champion's evaluation (for the report).
+    """
     kind = select_challenger(candidates)
     holdout_sha = dataset.manifest.get("holdout_sha256")
-    challenger_eval = Evaluation.load(evaluations[kind])
-    if challenger_eval.metrics.get("holdout_sha256") != holdout_sha:
+    scored = {k: ModelEvaluation.load(path) for k, path in evaluations.items()}
+    if scored[kind].info.get("holdout_sha256") != holdout_sha:
         raise GateError(f"{kind} was evaluated on a different holdout than this run's")
-    champion_pred = None
-    champion_version = None
-    champion_metrics = None
+    champion_eval = None
     if champion is not None:
-        champion_version, champion_dir = champion
-        champion_eval = evaluate(load_model(champion_dir), dataset)
-        champion_pred = champion_eval.proba.argmax(axis=1)
-        champion_metrics = champion_eval.metrics
-    result = decide(dataset.y_holdout, challenger_eval.proba.argmax(axis=1), champion_pred, policy)
+        version, champion_dir = champion
+        champion_eval = evaluate_saved(champion_dir, dataset, name="champion",
+                                       extra={"version": version})
+    result = decide(dataset.y_holdout, scored[kind].y_pred,
+                    None if champion_eval is None else champion_eval.y_pred, policy)
     info = read_info(candidates[kind])
     result["challenger"].update(
-        kind=kind, metrics=challenger_eval.metrics,
+        kind=kind, metrics=scored[kind].metrics,
         **{key: info.get(key) for key in ("validation_accuracy", "train_seconds", "params")},
     )
-    if result["champion"] is not None:
-        result["champion"].update(version=champion_version, metrics=champion_metrics)
+    if champion_eval is not None:
+        result["champion"].update(version=champion_eval.info["version"],
+                                  kind=champion_eval.info.get("kind"),
+                                  metrics=champion_eval.metrics)
     result["candidates"] = {
         k: {
             "validation_accuracy": read_info(path)["validation_accuracy"],
             "train_seconds": read_info(path).get("train_seconds"),
-            "holdout_accuracy": Evaluation.load(evaluations[k]).metrics["accuracy"]
-            if k in evaluations else None,
+            "holdout_accuracy": scored[k].metrics["accuracy"] if k in scored else None,
+            "metrics": scored[k].metrics if k in scored else None,
         }
         for k, path in candidates.items()
     }
     log.info("gate: %s %s — %s", result["decision"], kind, result["reason"])
-    return result
+    return result, champion_eval
 
 
 def fetch_champion(registry, workdir: Path) -> tuple[str, Path] | None:
@@ -194,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluation", action="append", default=[], metavar="KIND=EVAL_DIR")
     p.add_argument("--challenger-output", type=Path, required=True,
                    help="directory receiving the chosen model (with its evaluation)")
-    p.add_argument("--decision-output", type=Path, required=True, help="decision JSON file")
+    p.add_argument("--decision-output", type=Path, required=True,
+                   help="directory receiving decision.json and the champion's evaluation")
     defaults = GatePolicy()
     for field in ("min_accuracy", "min_improvement", "alpha", "max_class_regression"):
         p.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(defaults, field))
@@ -214,12 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             from components.settings import get_settings
 
             champion = fetch_champion(Registry.from_settings(get_settings()), Path(workdir))
-        result = run_gate(dataset, candidates, evaluations, champion, policy)
+        result, champion_eval = run_gate(dataset, candidates, evaluations, champion, policy)
     kind = result["challenger"]["kind"]
     shutil.copytree(candidates[kind], args.challenger_output, dirs_exist_ok=True)
     shutil.copytree(evaluations[kind], args.challenger_output / EVALUATION_DIR,
                     dirs_exist_ok=True)
-    args.decision_output.parent.mkdir(parents=True, exist_ok=True)
-    args.decision_output.write_text(json.dumps(result, indent=2, default=float))
+    args.decision_output.mkdir(parents=True, exist_ok=True)
+    if champion_eval is not None:
+        champion_eval.save(args.decision_output / CHAMPION_DIR)
+    (args.decision_output / DECISION_FILE).write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps({k: result[k] for k in ("decision", "reason")}))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,11 @@ def validate_predictions(y_true: Any, proba: Any) -> tuple[np.ndarray, np.ndarra
         raise ValueError(
             f"probability rows must sum to 1, got sums in {sums.min():.4g}..{sums.max():.4g}"
         )
-    if not np.issubdtype(y_true.dtype, np.integer):
-        if not np.issubdtype(y_true.dtype, np.floating) or not np.array_equal(
-            y_true, np.round(y_true)
-        ):
-            raise ValueError(f"labels must be integers 0..9, got dtype {y_true.dtype}")
+    whole = np.issubdtype(y_true.dtype, np.integer) or (
+        np.issubdtype(y_true.dtype, np.floating) and np.array_equal(y_true, np.round(y_true))
+    )
+    if not whole:
+        raise ValueError(f"labels must be integers 0..9, got dtype {y_true.dtype}")
     y_true = y_true.astype(np.int64)
     if y_true.min() < 0 or y_true.max() >= NUM_CLASSES:
         raise ValueError(f"labels must lie in 0..9, got {y_true.min()}..{y_true.max()}")
@@ -114,7 +115,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes the bound is exactly 0 or 1; say so rather than 1 - 1e-16.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def top_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int = 2) -> float:
@@ -290,19 +294,26 @@ def compute_metrics(
 
     absent_truth = [d for d in LABELS if support[d] == 0]
     never_predicted = [d for d in LABELS if d not in set(y_pred.tolist())]
-    warnings = []
+    notes = []
     if n < SMALL_HOLDOUT:
-        warnings.append(
+        notes.append(
             f"Small holdout: only {n} digits (< {SMALL_HOLDOUT}), so the 95% interval on "
             f"accuracy is ±{(high - low) * 50:.1f} percentage points wide; treat small "
             "differences between models as noise."
         )
     if absent_truth:
-        warnings.append(f"Digits absent from the holdout: {absent_truth}; their recall, "
+        notes.append(f"Digits absent from the holdout: {absent_truth}; their recall, "
                         "ROC-AUC and average precision are undefined.")
     if never_predicted:
-        warnings.append(f"Digits the model never predicted: {never_predicted}.")
+        notes.append(f"Digits the model never predicted: {never_predicted}.")
 
+    with warnings.catch_warnings():
+        # Degenerate subsets (one class) make scikit-learn warn; they are
+        # reported in "warnings" above and get None where undefined.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mcc = float(skm.matthews_corrcoef(y_true, y_pred))
+        kappa = _finite(skm.cohen_kappa_score(y_true, y_pred)) if len(present) > 1 else None
     return {
         "n": n,
         "accuracy": correct / n,
@@ -310,9 +321,8 @@ def compute_metrics(
         "top2_accuracy": top_k_accuracy(y_true, proba, 2),
         "log_loss": log_loss(y_true, proba),
         "brier": brier_score(y_true, proba),
-        "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
-        "cohen_kappa": _finite(skm.cohen_kappa_score(y_true, y_pred))
-        if len(present) > 1 else None,
+        "mcc": mcc,
+        "cohen_kappa": kappa,
         "ece": float(ece),
         "calibration": {"n_bins": ECE_BINS, "bins": bins},
         "roc_auc_macro": averages["macro"]["roc_auc"],
@@ -336,7 +346,7 @@ def compute_metrics(
             "model_size_bytes": None if model_size_bytes is None else int(model_size_bytes),
             "train_seconds": None if train_seconds is None else float(train_seconds),
         },
-        "warnings": warnings,
+        "warnings": notes,
     }
 
 

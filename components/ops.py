@@ -11,7 +11,17 @@ hence ``install_kfp_package=False``.
 from typing import NamedTuple, Optional
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 from components.images import TRAIN_IMAGE
 
@@ -131,18 +141,17 @@ def evaluate(
     classification: Output[ClassificationMetrics],
 ):
     """Score one model on the frozen holdout; feed the KFP dashboard."""
-    import json
-
     from components.evaluate import main
+    from components.metrics import kfp_classification_inputs, summary_scalars
+    from components.report import ModelEvaluation
 
     main(["--dataset", dataset.path, "--model", model.path, "--output", evaluation.path])
-    with open(f"{evaluation.path}/metrics.json") as handle:
-        result = json.load(handle)
-    for name in ("accuracy", "log_loss", "mcc", "latency_ms_per_1000"):
-        metrics.log_metric(name, result[name])
-    for digit, scores in result["per_class"].items():
-        metrics.log_metric(f"f1_{digit}", scores["f1"])
-    classification.log_confusion_matrix([str(d) for d in range(10)], result["confusion_matrix"])
+    scored = ModelEvaluation.load(evaluation.path)
+    for name, value in summary_scalars(scored.metrics).items():
+        metrics.log_metric(name, value)
+    curves = kfp_classification_inputs(scored.y_true, scored.proba)
+    classification.log_confusion_matrix(curves["categories"], curves["confusion_matrix"])
+    classification.log_roc_curve(curves["fpr"], curves["tpr"], curves["thresholds"])
 
 
 @component
@@ -178,7 +187,7 @@ def gate(
             argv += ["--candidate", f"{kind}={model.path}",
                      "--evaluation", f"{kind}={evaluation.path}"]
     main(argv)
-    with open(decision_report.path) as handle:
+    with open(f"{decision_report.path}/decision.json") as handle:
         result = json.load(handle)
     kind = result["challenger"]["kind"]
     challenger.metadata.update(kind=kind, decision=result["decision"])
@@ -187,10 +196,46 @@ def gate(
 
 
 @component
+def report(
+    decision_report: Input[Artifact],
+    html: Output[HTML],
+    summary: Output[Markdown],
+    cnn_evaluation: Optional[Input[Artifact]] = None,
+    xgboost_evaluation: Optional[Input[Artifact]] = None,
+    baseline_evaluation: Optional[Input[Artifact]] = None,
+):
+    """Render the run's report: every candidate, the champion, the gate's evidence."""
+    import json
+    import shutil
+    import tempfile
+
+    from components.watch import main
+
+    argv = ["--decision", decision_report.path]
+    for kind, evaluation in (("cnn", cnn_evaluation), ("xgboost", xgboost_evaluation),
+                             ("baseline", baseline_evaluation)):
+        if evaluation is not None:
+            argv += ["--evaluation", f"{kind}={evaluation.path}"]
+    with tempfile.TemporaryDirectory() as out:
+        main([*argv, "--output", out])
+        shutil.copy(f"{out}/report.html", html.path)
+    with open(f"{decision_report.path}/decision.json") as handle:
+        decision = json.load(handle)
+    rows = ["| model | validation | holdout |", "| --- | --- | --- |"]
+    for kind, row in decision["candidates"].items():
+        rows.append(f"| {kind} | {row['validation_accuracy']:.4f} | "
+                    f"{row['holdout_accuracy']:.4f} |")
+    with open(summary.path, "w") as handle:
+        handle.write(f"## Gate: {decision['decision']} {decision['challenger']['kind']}\n\n"
+                     f"{decision['reason']}\n\n" + "\n".join(rows) + "\n")
+
+
+@component
 def deploy(
     dataset: Input[Dataset],
     challenger: Input[Model],
     decision_report: Input[Artifact],
+    report: Input[HTML],
     expect: str,
     run_id: str = "",
 ) -> str:
@@ -203,6 +248,7 @@ def deploy(
     out = io.StringIO()
     with redirect_stdout(out):
         main(["--challenger", challenger.path, "--decision", decision_report.path,
-              "--dataset", dataset.path, "--expect", expect, "--run-id", run_id])
+              "--dataset", dataset.path, "--report", report.path, "--expect", expect,
+              "--run-id", run_id])
     print(out.getvalue())
     return out.getvalue().strip()

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from components.gate import DECISION_FILE
 from components.settings import Settings
 from pipelines.training import MODEL_FAMILIES, build_pipeline
 
@@ -66,7 +67,8 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         local.init(runner=local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(pipeline_root), raise_on_error=True)
         task = build_pipeline(models)(**{**arguments, "run_id": run_id})
-        decision = json.loads(Path(task.output.path).read_text())
+        decision_dir = Path(task.outputs["decision_report"].path)
+        decision = json.loads((decision_dir / DECISION_FILE).read_text())
         registry = Registry.from_settings(get_settings())
         pointer = registry.production()
     kind = decision["challenger"]["kind"]
@@ -82,22 +84,24 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         },
         "version": f"{run_id}-{kind}",
         "production": pointer.version if pointer else None,
-        "decision_report": task.output.path,
+        "decision_report": str(decision_dir),
+        "report": task.outputs["report"].path,
     }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable table of the run."""
+    """A short human-readable account of the run: metrics table, gate, where things are."""
+    from components.report import summary_table
+
     lines = [f"run {summary['run_id']} ({summary['wall_seconds']} s)",
-             f"{'model':<10}{'val acc':>9}{'holdout':>9}{'train s':>9}"]
-    for kind, row in summary["models"].items():
-        holdout = row.get("holdout_accuracy")
-        lines.append(f"{kind:<10}{row['validation_accuracy']:>9.4f}"
-                     f"{holdout if holdout is None else format(holdout, '.4f'):>9}"
-                     f"{row.get('train_seconds') or 0:>9.1f}")
+             summary_table({kind: row["metrics"] for kind, row in summary["models"].items()}),
+             "validation / train seconds: " + ", ".join(
+                 f"{kind} {row['validation_accuracy']:.4f} / {row['train_seconds']:.0f}s"
+                 for kind, row in summary["models"].items())]
     gate = summary["gate"]
     lines += [f"gate: {gate['decision'].upper()} {gate['challenger']} "
               f"(champion: {gate['champion'] or 'none'})",
               f"  {gate['reason']}",
-              f"production: {summary['production'] or 'none'}"]
+              f"production: {summary['production'] or 'none'}",
+              f"report: {summary['report']}"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest → train (parallel) → evaluate → gate → deploy.
+"""The training pipeline: ingest → train (parallel) → evaluate → gate → report → deploy.
 
 Only wiring lives here; every stage is a component from :mod:`components.ops`.
 :func:`build_pipeline` makes a pipeline for any subset of model families
@@ -8,6 +8,7 @@ default with all three, compiled by ``digits compile``.
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
@@ -68,7 +69,7 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         alpha: float = _POLICY.alpha,
         max_class_regression: float = _POLICY.max_class_regression,
         run_id: str = "",
-    ) -> dsl.Artifact:
+    ) -> NamedTuple("Outputs", decision_report=dsl.Artifact, report=dsl.HTML):
         data = ops.ingest(
             source=source, mnist_dir=mnist_dir, csv_path=csv_path, train_size=train_size,
             holdout_size=holdout_size, seed=seed,
@@ -99,16 +100,23 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
             dataset=dataset, min_accuracy=min_accuracy, min_improvement=min_improvement,
             alpha=alpha, max_class_regression=max_class_regression, **candidates,
         ).set_display_name("gate"))
+        rendered = ops.report(
+            decision_report=judged.outputs["decision_report"],
+            **{k: v for k, v in candidates.items() if k.endswith("_evaluation")},
+        ).set_display_name("report")
         registered = {"dataset": dataset, "run_id": run_id,
                       "challenger": judged.outputs["challenger"],
-                      "decision_report": judged.outputs["decision_report"]}
+                      "decision_report": judged.outputs["decision_report"],
+                      "report": rendered.outputs["html"]}
         with dsl.If(judged.outputs["decision"] == "promote", name="gate-passed"):
             _with_registry_access(ops.deploy(expect="promote", **registered)
                                   .set_display_name("deploy"))
         with dsl.Else(name="gate-failed"):
             _with_registry_access(ops.deploy(expect="reject", **registered)
                                   .set_display_name("archive-rejected"))
-        return judged.outputs["decision_report"]
+        outputs = NamedTuple("Outputs", decision_report=dsl.Artifact, report=dsl.HTML)
+        return outputs(decision_report=judged.outputs["decision_report"],
+                       report=rendered.outputs["html"])
 
     return digits_pipeline
 

@@ -50,13 +50,17 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
     assert main(["gate", "--dataset", str(data), "--candidate", f"baseline={model}",
                  "--evaluation", f"baseline={evaluation}", "--min-accuracy", "0.8",
                  "--challenger-output", str(tmp_path / "challenger"),
-                 "--decision-output", str(tmp_path / "decision.json")]) == 0
-    decision = json.loads((tmp_path / "decision.json").read_text())
+                 "--decision-output", str(tmp_path / "decision")]) == 0
+    decision = json.loads((tmp_path / "decision" / "decision.json").read_text())
     assert decision["decision"] == "promote" and decision["champion"] is None
-    assert (tmp_path / "challenger" / "evaluation" / "metrics.json").exists()
+    assert (tmp_path / "challenger" / "evaluation" / "predictions.npz").exists()
+    assert main(["report", "--decision", str(tmp_path / "decision"),
+                 "--evaluation", f"baseline={evaluation}",
+                 "--output", str(tmp_path / "report")]) == 0
     capsys.readouterr()
     assert main(["deploy", "--challenger", str(tmp_path / "challenger"),
-                 "--decision", str(tmp_path / "decision.json"), "--dataset", str(data),
+                 "--decision", str(tmp_path / "decision"), "--dataset", str(data),
+                 "--report", str(tmp_path / "report" / "report.html"),
                  "--run-id", "run1"]) == 0
     outcome = json.loads(capsys.readouterr().out)
     assert outcome == {"version": "run1-baseline", "status": "promoted",
@@ -67,6 +71,15 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
     assert stored["dataset"]["sizes"]["train"] == 600
     assert stored["metrics"]["accuracy"] == decision["challenger"]["accuracy"]
     assert stored["gate"]["decision"] == "promote" and stored["code_version"]
+    assert {"report.html", "gate/decision.json", "evaluation/predictions.npz",
+            "model.json", "weights.npz"} <= set(stored["files"])
+
+    # `digits report <version>` rebuilds the report from what the registry stored.
+    capsys.readouterr()
+    assert main(["report", "run1-baseline", "--output", str(tmp_path / "again")]) == 0
+    assert "baseline" in capsys.readouterr().out
+    html = (tmp_path / "again" / "report.html").read_text()
+    assert "run1-baseline" in html and (tmp_path / "again" / "run-report.html").exists()
 
     assert main(["registry", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from components.evaluate import evaluate
+from components.metrics import mcnemar_test
+from components.models import load_model
 from components.gate import (
     PROMOTE,
     REJECT,
     GateError,
     GatePolicy,
     decide,
-    mcnemar_exact,
     run_gate,
     select_challenger,
 )
@@ -45,10 +46,10 @@ def test_mcnemar_exact_matches_the_binomial_by_hand():
     challenger = np.zeros(20, dtype=int)
     champion = np.zeros(20, dtype=int)
     champion[:10] = 1  # the challenger alone is right on 10 digits: b=10, c=0
-    test = mcnemar_exact(y, challenger, champion)
+    test = mcnemar_test(y, challenger, champion)
     assert (test["b"], test["c"]) == (10, 0)
     assert test["p_value"] == pytest.approx(2 * 0.5**10)
-    assert mcnemar_exact(y, challenger, challenger)["p_value"] == 1.0
+    assert mcnemar_test(y, challenger, challenger)["p_value"] == 1.0
 
 
 def test_first_model_is_judged_by_the_floor_alone(labels):
@@ -123,7 +124,7 @@ def candidates(tiny_dataset, tmp_path_factory):
         models[kind] = tmp_path_factory.mktemp(f"{kind}-model")
         model.save(models[kind], **info)
         evaluations[kind] = tmp_path_factory.mktemp(f"{kind}-eval")
-        evaluate(model, tiny_dataset).save(evaluations[kind])
+        evaluate(model, tiny_dataset, info=info).save(evaluations[kind])
     return models, evaluations
 
 
@@ -141,9 +142,12 @@ def test_challenger_is_chosen_by_validation_not_holdout(candidates, tmp_path):
 
 def test_run_gate_scores_the_champion_on_this_runs_holdout(candidates, tiny_dataset):
     models, evaluations = candidates
-    result = run_gate(tiny_dataset, models, evaluations, ("v-champion", models["baseline"]),
-                      GatePolicy(min_accuracy=0.5))
-    assert result["champion"]["version"] == "v-champion"
+    result, champion = run_gate(tiny_dataset, models, evaluations,
+                                ("v-champion", models["baseline"]), GatePolicy(min_accuracy=0.5))
+    assert result["champion"]["version"] == "v-champion" == champion.info["version"]
+    # The champion was scored afresh on this run's holdout, identically to its own evaluation.
+    rescored = evaluate(load_model(models["baseline"]), tiny_dataset)
+    np.testing.assert_allclose(champion.proba, rescored.proba, atol=1e-6)
     assert result["champion"]["metrics"]["n"] == len(tiny_dataset.y_holdout)
     assert set(result["candidates"]) == {"baseline", "xgboost"}
     assert result["challenger"]["kind"] == select_challenger(models)

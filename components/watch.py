@@ -1,0 +1,96 @@
+"""Report stage ("watch"): the run's report, or a stored version's, re-rendered.
+
+In the pipeline it runs after the gate and renders every candidate, the
+champion and the gate's evidence into one self-contained HTML page. As
+``digits report <version>`` it rebuilds a registered version's report from the
+predictions stored with it, without the model or its framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.gate import CHAMPION_DIR, DECISION_FILE, EVALUATION_DIR
+from components.report import ModelEvaluation, summary_table, write_report
+
+#: Where the pipeline's deploy step files the gate's evidence inside a version.
+GATE_DIR = "gate"
+
+
+def _pairs(values: list[str]) -> dict[str, Path]:
+    out = {}
+    for value in values:
+        kind, sep, path = value.partition("=")
+        if not sep:
+            raise SystemExit(f"--evaluation expects KIND=PATH, got {value!r}")
+        out[kind] = Path(path)
+    return out
+
+
+def render_run(decision_dir: Path, evaluations: dict[str, Path], output: Path,
+               title: str = "Training run") -> tuple[Path, str]:
+    """Write the run's report; return its path and the terminal summary table."""
+    decision = json.loads((Path(decision_dir) / DECISION_FILE).read_text())
+    models = {kind: ModelEvaluation.load(path) for kind, path in evaluations.items()}
+    champion_dir = Path(decision_dir) / CHAMPION_DIR
+    if champion_dir.is_dir():
+        models["champion"] = ModelEvaluation.load(champion_dir)
+    html = write_report(output, models, decision, title)
+    return html, summary_table(models)
+
+
+def render_version(version_dir: Path, output: Path) -> tuple[Path, str]:
+    """Re-render a downloaded version: its challenger evaluation and the champion it beat."""
+    metadata: dict[str, Any] = json.loads((Path(version_dir) / "metadata.json").read_text())
+    models = {metadata["kind"]: ModelEvaluation.load(Path(version_dir) / EVALUATION_DIR)}
+    champion_dir = Path(version_dir) / GATE_DIR / CHAMPION_DIR
+    if champion_dir.is_dir():
+        models["champion"] = ModelEvaluation.load(champion_dir)
+    gate_file = Path(version_dir) / GATE_DIR / DECISION_FILE
+    gate = json.loads(gate_file.read_text()) if gate_file.exists() else metadata.get("gate")
+    title = f"Version {metadata['version']} ({metadata['status']})"
+    html = write_report(output, models, gate, title)
+    return html, summary_table(models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="digits report", description=__doc__,
+        epilog="Either VERSION (re-render from the registry) or --decision with "
+               "--evaluation (the pipeline's report stage).")
+    p.add_argument("version", nargs="?", help="registered version to re-render")
+    p.add_argument("--output", type=Path, default=None,
+                   help="directory for report.html and metrics.json (default: ./report-VERSION)")
+    p.add_argument("--decision", type=Path, help="the gate's decision directory")
+    p.add_argument("--evaluation", action="append", default=[], metavar="KIND=EVAL_DIR")
+    args = p.parse_args(argv)
+    if args.decision:
+        html, table = render_run(args.decision, _pairs(args.evaluation),
+                                 args.output or Path("report"))
+    elif args.version:
+        from components.registry import Registry, RegistryError
+        from components.s3local import s3_environment
+        from components.settings import get_settings
+
+        output = args.output or Path(f"report-{args.version}")
+        with tempfile.TemporaryDirectory() as tmp, s3_environment(get_settings()):
+            try:
+                Registry.from_settings(get_settings()).download(args.version, Path(tmp) / "v")
+            except RegistryError as error:
+                print(f"digits report: {error}", file=sys.stderr)
+                return 2
+            html, table = render_version(Path(tmp) / "v", output)
+            stored = Path(tmp) / "v" / "report.html"
+            if stored.exists():  # the run's original, all candidates included
+                shutil.copy(stored, output / "run-report.html")
+    else:
+        p.error("give a VERSION, or --decision and --evaluation")
+    print(table)
+    print(f"report: {html}")
+    return 0
