@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from components.evaluate import evaluate
-from components.metrics import mcnemar_test
-from components.models import load_model
 from components.gate import (
     PROMOTE,
     REJECT,
@@ -19,6 +17,8 @@ from components.gate import (
     run_gate,
     select_challenger,
 )
+from components.metrics import mcnemar_test
+from components.models import load_model
 from components.train import train
 
 POLICY = GatePolicy(min_accuracy=0.8, min_improvement=0.001, alpha=0.05,
