@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="start the HTTP model server (gunicorn)", add_help=False)
     sub.add_parser("submit", help="start a run of the compiled pipeline on a KFP cluster",
                    add_help=False)
+    sub.add_parser("simulate", help="run the pipeline over growing training sets "
+                   "(learning curves)", add_help=False)
     return parser
 
 
@@ -161,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving.cli import main as serve
 
         return serve(argv[1:])
-    if argv and argv[0] == "submit":
-        from pipelines.submit import main as submit
+    if argv and argv[0] in ("submit", "simulate"):
+        import importlib
 
-        return submit(argv[1:])
+        return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "registry": _registry, "compile": _compile}
     try:

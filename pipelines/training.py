@@ -27,6 +27,13 @@ S3_CONFIG_KEYS = ("DIGITS_S3_ENDPOINT", "DIGITS_S3_SECURE", "DIGITS_BUCKET")
 _POLICY = GatePolicy()
 
 
+class PipelineOutputs(NamedTuple):
+    """What a run hands back: the gate's evidence and the rendered report."""
+
+    decision_report: dsl.Artifact
+    report: dsl.HTML
+
+
 def _with_registry_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """S3 credentials come from a Secret on the cluster, never from parameters."""
     kubernetes.use_secret_as_env(
@@ -69,7 +76,7 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         alpha: float = _POLICY.alpha,
         max_class_regression: float = _POLICY.max_class_regression,
         run_id: str = "",
-    ) -> NamedTuple("Outputs", decision_report=dsl.Artifact, report=dsl.HTML):
+    ) -> PipelineOutputs:
         data = ops.ingest(
             source=source, mnist_dir=mnist_dir, csv_path=csv_path, train_size=train_size,
             holdout_size=holdout_size, seed=seed,
@@ -114,9 +121,8 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         with dsl.Else(name="gate-failed"):
             _with_registry_access(ops.deploy(expect="reject", **registered)
                                   .set_display_name("archive-rejected"))
-        outputs = NamedTuple("Outputs", decision_report=dsl.Artifact, report=dsl.HTML)
-        return outputs(decision_report=judged.outputs["decision_report"],
-                       report=rendered.outputs["html"])
+        return PipelineOutputs(decision_report=judged.outputs["decision_report"],
+                               report=rendered.outputs["html"])
 
     return digits_pipeline
 
