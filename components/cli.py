@@ -18,6 +18,11 @@ STAGES = {
     "gate": "components.gate",
     "deploy": "components.deploy",
     "report": "components.watch",
+    "kaggle": "components.kaggle",
+}
+STAGE_HELP = {
+    "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
+    "kaggle": "predict Kaggle's test.csv and submit ImageId,Label (digits kaggle run ...)",
 }
 
 
@@ -143,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None,
                    help="where to write (default: pipelines/digits_pipeline.yaml)")
     for name, module in STAGES.items():
-        sub.add_parser(name, help=f"run the {name} stage ({module})", add_help=False)
+        text = STAGE_HELP.get(name, f"run the {name} stage ({module})")
+        sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("serve", help="start the HTTP model server (gunicorn)", add_help=False)
     sub.add_parser("submit", help="start a run of the compiled pipeline on a KFP cluster",
                    add_help=False)

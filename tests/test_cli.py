@@ -17,7 +17,7 @@ def test_help_lists_every_command(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for command in ("run", "registry", "compile", "ingest", "train", "evaluate", "gate",
-                    "deploy", "serve"):
+                    "deploy", "report", "serve", "submit", "simulate", "kaggle"):
         assert command in out
 
 
