@@ -1,0 +1,321 @@
+"""The two container images, built with the real Docker engine and run.
+
+``scripts/build-images.sh`` builds both (BuildKit; the base image is made
+locally with debootstrap when no registry is reachable). Then the training
+image must run the CLI and import the whole ML stack as the non-root user on
+a read-only root (as the Kubernetes manifests run it), and the serving image
+must come up live but not ready when the registry cannot be reached.
+
+Skipped only when no Docker engine answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import SERVE_IMAGE, TRAIN_IMAGE
+from components.models import Baseline
+from components.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_TIMEOUT_S = 3600
+# A cold build (base image + ~1 GB of wheels) takes minutes; it runs in the first test's setup.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(BUILD_TIMEOUT_S + 600)]
+#: Both images carry TensorFlow, XGBoost and scikit-learn; keep them from creeping up.
+MAX_IMAGE_BYTES = 3_000_000_000
+
+
+def writable(path: str) -> list[str]:
+    """``docker run`` flags for an emptyDir at ``path``: a tmpfs for /tmp (1777), else an
+    anonymous volume, which starts with the image directory's owner (the engine here
+    ignores tmpfs modes, so a tmpfs elsewhere would be root's alone)."""
+    return ["--tmpfs", path] if path == "/tmp" else ["--mount", f"type=volume,dst={path}"]
+
+
+#: How the manifests run every container: its own uid, read-only root, writable emptyDirs.
+LOCKED_DOWN = ["--user", "10001:10001", "--read-only", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges", "-e", "HOME=/tmp",
+               *writable("/tmp"), *writable("/var/cache/digits"), *writable("/var/lib/digits")]
+
+
+def _docker_client() -> str | None:
+    # The Debian client drives BuildKit through DOCKER_BUILDKIT=1; a newer client
+    # without buildx cannot, so prefer it when present.
+    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+
+
+@pytest.fixture(scope="session")
+def docker() -> str:
+    client = _docker_client()
+    if not client:
+        pytest.skip("no docker client installed")
+    probe = subprocess.run([client, "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no Docker engine reachable: {probe.stderr.strip()[:200]}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def images(docker, tmp_path_factory) -> dict[str, str]:
+    """Build both images once per session (layers are cached between sessions)."""
+    log = tmp_path_factory.mktemp("docker") / "build.log"
+    env = {**os.environ, "DOCKER": docker, "DOCKER_BUILDKIT": "1"}
+    with log.open("w") as out:
+        script = str(ROOT / "scripts" / "build-images.sh")
+        proc = subprocess.run([script, "all", "--progress=plain"], cwd=ROOT, env=env,
+                              stdout=out, stderr=subprocess.STDOUT,
+                              timeout=BUILD_TIMEOUT_S, check=False)
+    tail = log.read_text()[-6000:]
+    assert proc.returncode == 0, f"scripts/build-images.sh failed:\n{tail}"
+    return {"train": TRAIN_IMAGE, "serve": SERVE_IMAGE}
+
+
+def manifest_container(kind: str, name: str) -> dict:
+    """The container spec the Kubernetes manifests give ``kind/name`` (base rendering)."""
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    [obj] = [d for d in yaml.safe_load_all(out)
+             if d and d["kind"] == kind and d["metadata"]["name"] == name]
+    spec = obj["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else obj["spec"]
+    [container] = spec["template"]["spec"]["containers"]
+    return container
+
+
+def as_in_manifest(container: dict) -> list[str]:
+    """``docker run`` flags reproducing the manifest: literal env, a writable dir per mount."""
+    flags = ["--user", "10001:10001", "--read-only", "--cap-drop", "ALL",
+             "--security-opt", "no-new-privileges"]
+    for env in container.get("env", []):
+        if "value" in env:
+            flags += ["-e", f"{env['name']}={env['value']}"]
+    for mount in container.get("volumeMounts", []):
+        if not mount.get("readOnly"):
+            flags += writable(mount["mountPath"])
+    return flags
+
+
+def run(docker: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([docker, "run", "--rm", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def inspect(docker: str, image: str) -> dict:
+    out = subprocess.run([docker, "image", "inspect", image], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)[0]
+
+
+# --------------------------------------------------------------------------- both
+
+
+@pytest.mark.parametrize("kind", ["train", "serve"])
+def test_image_is_non_root_pinned_and_lean(docker, images, kind):
+    meta = inspect(docker, images[kind])
+    assert meta["Config"]["User"] == "10001:10001"
+    assert not images[kind].endswith(":latest")
+    assert meta["Size"] < MAX_IMAGE_BYTES, f"{images[kind]} is {meta['Size'] / 1e9:.2f} GB"
+    # only the installed package, no checkout, tests, venv or git history
+    proc = run(docker, images[kind], "sh", "-c",
+               "ls -d /src /work /tests /.git /opt/venv/bin/pytest 2>/dev/null; true")
+    assert proc.stdout.strip() == "", f"unexpected files in {images[kind]}: {proc.stdout}"
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_train_image_runs_the_cli(docker, images):
+    proc = run(docker, *LOCKED_DOWN, images["train"], "digits", "--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage: digits" in proc.stdout
+
+
+def test_train_image_imports_the_ml_stack(docker, images):
+    code = ("import kfp, tensorflow, xgboost, sklearn, components, pipelines; "
+            "print(kfp.__version__)")
+    proc = run(docker, *LOCKED_DOWN, images["train"], "python3", "-c", code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import kfp
+
+    # KFP tasks start with `pip install kfp==<compiler's version> --no-deps`: the
+    # image must already hold that exact version, or a non-root task cannot start.
+    assert proc.stdout.strip().splitlines()[-1] == kfp.__version__
+
+
+def test_train_image_survives_the_kfp_launcher_preamble(docker, images):
+    """What KFP runs before every task, as the manifests' locked-down user."""
+    import kfp
+
+    script = (
+        "set -e; "
+        f"python3 -m pip install --quiet --no-warn-script-location 'kfp=={kfp.__version__}' "
+        "--no-deps; "
+        # the v2 launcher stages artifacts under /minio, /s3, /gcs
+        "for d in /minio /s3 /gcs; do mkdir -p $d/mlpipeline/x && rmdir $d/mlpipeline/x; done; "
+        "command -v python3"
+    )
+    proc = run(docker, "--user", "10001:10001", "-e", "HOME=/tmp", *writable("/tmp"),
+               images["train"], "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("/opt/venv/bin/python3")
+
+
+def test_train_image_runs_the_retraining_cronjob_command(docker, images):
+    """The CronJob's exact command line is accepted by the CLI in the image."""
+    container = manifest_container("CronJob", "digits-retrain")
+    assert container["image"] == images["train"]
+    proc = run(docker, *as_in_manifest(container), images["train"], *container["command"],
+               "--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--experiment" in proc.stdout
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+@pytest.fixture
+def serve_container(docker, images):
+    """The serving container as the Deployment runs it (command, env, read-only root,
+    writable mounts), with a registry that refuses connections; yields name and URL."""
+    container = manifest_container("Deployment", "digits-serving")
+    assert container["image"] == images["serve"]
+    name = f"digits-serve-test-{uuid.uuid4().hex[:8]}"
+    started = subprocess.run(
+        [docker, "run", "-d", "--name", name, "-p", "127.0.0.1::8080",
+         *as_in_manifest(container),
+         "-e", "DIGITS_S3_ENDPOINT=127.0.0.1:9",  # nothing listens there
+         "-e", "DIGITS_S3_ACCESS_KEY=test", "-e", "DIGITS_S3_SECRET_KEY=test-secret",
+         "-e", "DIGITS_S3_SECURE=false",
+         "--entrypoint", container["command"][0], images["serve"], *container["command"][1:]],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        port = subprocess.run([docker, "port", name, "8080/tcp"], capture_output=True,
+                              text=True, check=True).stdout.split()[0].rsplit(":", 1)[1]
+        yield name, f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True, check=False)
+
+
+def _logs(docker: str, name: str) -> str:
+    """The container's log, less the access lines (health polls would drown the rest)."""
+    proc = subprocess.run([docker, "logs", name], capture_output=True, text=True, check=False)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if '"serving.access"' not in line]
+    return "\n".join(lines[-60:])[-6000:]
+
+
+def test_serve_image_is_live_but_not_ready_without_a_registry(docker, serve_container):
+    name, url = serve_container
+    deadline = time.monotonic() + 180
+    status = None
+    while time.monotonic() < deadline:
+        state = subprocess.run([docker, "inspect", "-f", "{{.State.Running}}", name],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        assert state == "true", f"the server exited:\n{_logs(docker, name)}"
+        try:
+            status, _ = _get(f"{url}/v2/health/live")
+        except OSError:  # not listening yet
+            status = None
+        if status == 200:
+            break
+        time.sleep(1)
+    assert status == 200, f"/v2/health/live never answered 200:\n{_logs(docker, name)}"
+
+    # Give the model loader a few poll attempts against the dead registry.
+    time.sleep(3)
+    ready, body = _get(f"{url}/v2/health/ready")
+    assert ready != 200, f"ready without a model: {body}"
+    assert 400 <= ready < 600
+    live, _ = _get(f"{url}/v2/health/live")
+    assert live == 200, "a registry outage must not fail liveness"
+
+    metrics, text = _get(f"{url}/metrics")
+    assert metrics == 200
+    assert "# TYPE" in text
+
+
+def _wait_for(url: str, docker: str, name: str, status: int = 200, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = subprocess.run([docker, "inspect", "-f", "{{.State.Running}}", name],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        assert state == "true", f"the server exited:\n{_logs(docker, name)}"
+        try:
+            if _get(url)[0] == status:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} never answered {status}:\n{_logs(docker, name)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_server,
+                                            minio_client, tmp_path):
+    """End to end: a real model promoted to a real S3 store, loaded and served by the image."""
+    model = Baseline(max_iter=200)
+    model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
+              tiny_dataset.x_validation, tiny_dataset.y_validation)
+    model.save(tmp_path / "model")
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    version = Registry(minio_client, bucket).promote(
+        tmp_path / "model", {"kind": "baseline"}, reason="docker image test")
+
+    container = manifest_container("Deployment", "digits-serving")
+    port = _free_port()  # host network (the test S3 store listens on loopback)
+    command = [*container["command"][:-2], "--port", str(port)]
+    assert container["command"][-2:] == ["--port", "8080"]
+    name = f"digits-serve-test-{uuid.uuid4().hex[:8]}"
+    started = subprocess.run(
+        [docker, "run", "-d", "--name", name, "--network", "host", *as_in_manifest(container),
+         *[arg for item in s3_server.environ().items() for arg in ("-e", "=".join(item))],
+         "-e", f"DIGITS_BUCKET={bucket}", "-e", "DIGITS_POLL_INTERVAL_S=1",
+         "--entrypoint", command[0], images["serve"], *command[1:]],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{url}/v2/health/ready", docker, name)
+        x, y = tiny_dataset.x_holdout[:100], tiny_dataset.y_holdout[:100]
+        body = json.dumps({"inputs": [{"name": "images", "shape": list(x.shape),
+                                       "datatype": "UINT8", "data": x.ravel().tolist()}]})
+        request = urllib.request.Request(f"{url}/v2/models/digits/infer", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        assert answer["model_version"] == version
+        labels = next(o for o in answer["outputs"] if o["name"] == "label")["data"]
+        accuracy = sum(int(a == b) for a, b in zip(labels, y.tolist(), strict=True)) / len(y)
+        expected = float((model.predict(x) == y).mean())
+        assert accuracy == pytest.approx(expected, abs=0.02), "served != in-process predictions"
+        assert accuracy > 0.7
+        metrics = _get(f"{url}/metrics")[1]
+        assert "# TYPE" in metrics
+    finally:
+        subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True, check=False)

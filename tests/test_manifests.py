@@ -1,0 +1,525 @@
+"""The Kubernetes manifests, rendered by kustomize and checked offline.
+
+Every object is validated against the real Kubernetes JSON schemas (the
+``kubernetes-validate`` package bundles them, so no cluster is needed), then
+against the project's own policy: least privilege, resources, probes on the
+server's real endpoints, the image names of :mod:`components.images`, the
+``DIGITS_*`` settings of :mod:`components.settings`, and selectors that
+actually select.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import zoneinfo
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.images import SERVE_IMAGE, TRAIN_IMAGE
+from components.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+KAGGLE_OVERLAY = MANIFESTS / "overlays" / "kaggle"
+NAMESPACE = "digits"
+#: Oldest Kubernetes the manifests target (CronJob timeZone is GA from 1.27), and the newest.
+K8S_VERSIONS = ("1.28.0", "latest")
+SECRET_NAME_RE = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL)", re.IGNORECASE)
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
+KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize PATH`` (or a standalone ``kustomize build``), parsed."""
+    if shutil.which("kubectl"):
+        cmd = ["kubectl", "kustomize", str(path)]
+    elif shutil.which("kustomize"):
+        cmd = ["kustomize", "build", str(path)]
+    else:
+        pytest.fail("neither kubectl nor kustomize is on PATH; one is needed to render manifests/")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr}"
+    docs = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    assert docs, f"{path} rendered nothing"
+    return docs
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return kustomize(MANIFESTS)
+
+
+@pytest.fixture(scope="module")
+def kaggle() -> list[dict[str, Any]]:
+    return kustomize(KAGGLE_OVERLAY)
+
+
+@pytest.fixture(scope="module", params=["base", "kaggle"])
+def rendered(request, base, kaggle) -> list[dict[str, Any]]:
+    """Each renderable entry point in turn: every policy holds for both."""
+    return {"base": base, "kaggle": kaggle}[request.param]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(hits) == 1, f"expected one {kind}/{name}, found {len(hits)}"
+    return hits[0]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    return obj["spec"]["template"]["metadata"]["labels"]
+
+
+def workloads(docs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return (d for d in docs if d["kind"] in POD_KINDS)
+
+
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict, dict]]:
+    """``(where, pod spec, container)`` for every container, init containers included."""
+    for obj in workloads(docs):
+        spec = pod_spec(obj)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            yield f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}", spec, c
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes resource quantity as a number (cores or bytes)."""
+    text = str(value)
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", text)
+    assert match and (match[2] in suffixes or not match[2]), f"bad quantity {value!r}"
+    return float(match[1]) * suffixes.get(match[2], 1)
+
+
+# --------------------------------------------------------------------------- cron
+
+_CRON_FIELDS = (  # (low, high, names)
+    (0, 59, {}),
+    (0, 23, {}),
+    (1, 31, {}),
+    (1, 12, {m: i + 1 for i, m in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"))}),
+    (0, 7, {d: i for i, d in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))}),
+)
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def cron_valid(expr: str) -> bool:
+    """Whether ``expr`` is a schedule the CronJob controller accepts (5 fields or a macro)."""
+    expr = expr.strip()
+    if expr in _CRON_MACROS:
+        return True
+    fields = expr.split()
+    if len(fields) != 5:
+        return False
+
+    def value(token: str, low: int, high: int, names: dict[str, int]) -> int | None:
+        number = names.get(token.upper()) if not token.isdigit() else int(token)
+        return number if number is not None and low <= number <= high else None
+
+    for field, (low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in field.split(","):
+            rng, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                return False
+            if rng in ("*", "?"):
+                continue
+            start, dash, end = rng.partition("-")
+            lo = value(start, low, high, names)
+            hi = value(end, low, high, names) if dash else lo
+            if lo is None or hi is None or lo > hi:
+                return False
+    return True
+
+
+@pytest.mark.parametrize(("expr", "ok"), [
+    ("0 3 * * 1", True), ("*/15 * * * *", True), ("0 0 1 JAN,JUL MON-FRI", True),
+    ("@daily", True), ("0 3 * *", False), ("60 * * * *", False), ("0 24 * * *", False),
+    ("0 0 0 * *", False), ("*/0 * * * *", False), ("5-1 * * * *", False), ("0 3 * * FUN", False),
+])
+def test_cron_validator_itself(expr, ok):
+    assert cron_valid(expr) is ok
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_base_renders_the_expected_objects(base):
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in base}
+    assert kinds == {
+        ("Namespace", "digits"),
+        ("ConfigMap", "digits-config"),
+        ("Secret", "digits-s3"),
+        ("ServiceAccount", "digits-serving"),
+        ("ServiceAccount", "digits-retrain"),
+        ("Deployment", "digits-serving"),
+        ("Service", "digits-serving"),
+        ("PodDisruptionBudget", "digits-serving"),
+        ("HorizontalPodAutoscaler", "digits-serving"),
+        ("CronJob", "digits-retrain"),
+    }
+
+
+def test_kaggle_job_is_optional(base, kaggle):
+    assert not [d for d in base if d["kind"] == "Job"], "the base must not run the Kaggle Job"
+    job = find(kaggle, "Job", "digits-kaggle-submit")
+    container = pod_spec(job)["containers"][0]
+    assert container["command"] == ["digits", "kaggle", "run"]
+    # The arguments are ones `digits kaggle run` accepts (parsed by the real CLI).
+    from components.kaggle import parser
+
+    parsed = parser().parse_args(["run", *container["args"]])
+    assert str(parsed.test) == "/data/test.csv"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    claim = next(v for v in pod_spec(job)["volumes"] if v["name"] == mounts["/data"]["name"])
+    find(kaggle, "PersistentVolumeClaim", claim["persistentVolumeClaim"]["claimName"])
+    # the overlay is the base plus the component, nothing removed
+    assert {(d["kind"], d["metadata"]["name"]) for d in base} < {
+        (d["kind"], d["metadata"]["name"]) for d in kaggle}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_matches_the_kubernetes_schema(rendered, version):
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is missing: pip install 'kubernetes-validate>=1.31'")
+    if version == "latest":
+        version = kubernetes_validate.latest_version()
+    errors = []
+    for obj in rendered:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_schema_validation_can_fail(base):
+    """Guard against a validator that accepts anything: break one field on purpose."""
+    import kubernetes_validate
+
+    deployment = find(base, "Deployment", "digits-serving")
+    broken = {**deployment, "spec": {**deployment["spec"], "replicas": "two", "bogus": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[0], strict=True)
+
+
+def test_everything_lives_in_the_digits_namespace(rendered):
+    for obj in rendered:
+        if obj["kind"] == "Namespace":
+            continue
+        assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "digits-mlops"
+
+
+def test_namespace_enforces_restricted_pod_security(base):
+    labels = find(base, "Namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def test_every_container_has_requests_and_limits(rendered):
+    for where, _, c in containers(rendered):
+        res = c.get("resources", {})
+        for resource in ("cpu", "memory"):
+            request = res.get("requests", {}).get(resource)
+            limit = res.get("limits", {}).get(resource)
+            assert request and limit, f"{where}: {resource} request and limit are both required"
+            assert quantity(request) <= quantity(limit), f"{where}: {resource} request > limit"
+
+
+def test_every_container_runs_locked_down(rendered):
+    for where, spec, c in containers(rendered):
+        pod_sc = spec.get("securityContext", {})
+        sc = c.get("securityContext", {})
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+        assert sc.get("runAsUser", pod_sc.get("runAsUser")) not in (None, 0), where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("readOnlyRootFilesystem") is True, where
+        assert sc.get("privileged", False) is False, where
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), where
+        assert not sc.get("capabilities", {}).get("add"), where
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault", where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+
+
+def test_read_only_containers_get_a_writable_tmp(rendered):
+    for where, spec, c in containers(rendered):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        for mount_name in mounts.values():
+            assert mount_name in volumes, f"{where}: mounts undefined volume {mount_name}"
+        assert "/tmp" in mounts, f"{where}: a read-only root needs an emptyDir on /tmp"
+        assert "emptyDir" in volumes[mounts["/tmp"]], where
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        # Every DIGITS_* directory the process writes to must be a mounted volume.
+        for var in ("DIGITS_HOME", "DIGITS_CACHE_DIR", "HOME"):
+            if env.get(var):
+                assert any(env[var] == p or env[var].startswith(p + "/") for p in mounts), (
+                    f"{where}: {var}={env[var]} is not on a writable volume")
+
+
+def test_images_are_the_project_images_pinned(rendered):
+    allowed = {TRAIN_IMAGE, SERVE_IMAGE}
+    for where, _, c in containers(rendered):
+        image = c["image"]
+        assert image in allowed, f"{where}: {image} is not one of {sorted(allowed)}"
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest", f"{where}: {image} needs a pinned tag"
+        assert c.get("imagePullPolicy") == "IfNotPresent", where
+
+
+def test_each_workload_uses_the_right_image(rendered):
+    images = {where.rsplit("/", 1)[0]: c["image"] for where, _, c in containers(rendered)}
+    assert images["Deployment/digits-serving"] == SERVE_IMAGE
+    assert images["CronJob/digits-retrain"] == TRAIN_IMAGE
+    if "Job/digits-kaggle-submit" in images:
+        assert images["Job/digits-kaggle-submit"] == SERVE_IMAGE
+
+
+def test_manifests_run_as_the_images_user(rendered):
+    """The pods' runAsUser is the uid the Dockerfiles create and switch to."""
+    users = set()
+    for dockerfile in ("Dockerfile.train", "Dockerfile.serve"):
+        text = (ROOT / dockerfile).read_text()
+        users |= set(re.findall(r"^USER\s+(\d+)", text, re.MULTILINE))
+    assert len(users) == 1, f"the Dockerfiles disagree on USER: {users}"
+    uid = int(users.pop())
+    for obj in workloads(rendered):
+        assert pod_spec(obj)["securityContext"]["runAsUser"] == uid, obj["metadata"]["name"]
+
+
+def test_dockerfiles_share_their_build():
+    """Both images come from one build: identical up to the marked line, so the ~2 GB
+    virtual environment is built and stored once (see the Dockerfiles' headers)."""
+    def shared_part(name: str) -> list[str]:
+        lines = (ROOT / name).read_text().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("ARG BASE_IMAGE="))
+        end = next(i for i, line in enumerate(lines) if line.startswith("# (everything above"))
+        return lines[start:end]
+
+    train, serve = shared_part("Dockerfile.train"), shared_part("Dockerfile.serve")
+    assert train == serve
+    assert any(line.startswith("COPY --from=build /opt/venv") for line in train)
+
+
+# --------------------------------------------------------------------------- config & secrets
+
+
+def test_secrets_are_referenced_never_inlined(rendered):
+    secrets = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "Secret"}
+    for where, _, c in containers(rendered):
+        for env in c.get("env", []):
+            if SECRET_NAME_RE.search(env["name"]):
+                assert "value" not in env, f"{where}: {env['name']} is inlined"
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                assert ref, f"{where}: {env['name']} must come from a Secret"
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                secret = secrets.get(ref["name"])
+                assert secret, f"{where}: Secret {ref['name']} is not in the manifests"
+                keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+                assert ref["key"] in keys, f"{where}: Secret {ref['name']} has no {ref['key']}"
+        for source in c.get("envFrom", []):
+            assert "secretRef" not in source, f"{where}: name Secret keys one by one"
+
+
+def test_s3_credentials_come_from_the_digits_s3_secret(base):
+    _, _, server = next(x for x in containers(base) if x[0].startswith("Deployment/"))
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"] if "valueFrom" in e}
+    for key in ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY"):
+        assert refs[key] == {"name": "digits-s3", "key": key}
+    secret = find(base, "Secret", "digits-s3")
+    assert set(secret["stringData"]) == {"DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY"}
+    # The shipped values are KFP's well-known MinIO defaults and must say so.
+    assert "change" in secret["metadata"]["annotations"]["digits-mlops/credentials"]
+
+
+def test_configmap_holds_real_settings(rendered):
+    config = find(rendered, "ConfigMap", "digits-config")["data"]
+    known = {f"DIGITS_{field.upper()}" for field in Settings.model_fields}
+    assert set(config) <= known, f"unknown settings: {set(config) - known}"
+    assert config["DIGITS_S3_ENDPOINT"] == "minio-service.kubeflow.svc.cluster.local:9000"
+    assert config["DIGITS_S3_SECURE"] in {"true", "false"}
+    assert config["DIGITS_BUCKET"] == Settings.model_fields["bucket"].default
+    assert not SECRET_NAME_RE.search(" ".join(config)), "credentials belong in the Secret"
+    # envFrom: every workload reads this ConfigMap, and only ConfigMaps that exist.
+    names = {d["metadata"]["name"] for d in rendered if d["kind"] == "ConfigMap"}
+    for where, _, c in containers(rendered):
+        refs = [s["configMapRef"]["name"] for s in c.get("envFrom", []) if "configMapRef" in s]
+        assert "digits-config" in refs, where
+        assert set(refs) <= names, where
+
+
+def test_settings_parse_from_the_rendered_environment(base, monkeypatch):
+    """The ConfigMap and Secret, as the server sees them, make a configured Settings."""
+    config = find(base, "ConfigMap", "digits-config")["data"]
+    secret = find(base, "Secret", "digits-s3")["stringData"]
+    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**config, **secret}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.s3_configured
+    assert settings.s3_secure is False
+    assert settings.s3_endpoint == "minio-service.kubeflow.svc.cluster.local:9000"
+
+
+def test_digits_variables_are_real_settings(rendered):
+    """A misspelt DIGITS_* variable is silently ignored by pydantic: catch it here."""
+    from serving.settings import ServeSettings
+
+    known = {f"DIGITS_{field.upper()}" for field in ServeSettings.model_fields}
+    for where, _, c in containers(rendered):
+        names = {e["name"] for e in c.get("env", []) if e["name"].startswith("DIGITS_")}
+        assert names <= known, f"{where}: unknown settings {sorted(names - known)}"
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def test_serving_deployment_runs_the_server(base):
+    deployment = find(base, "Deployment", "digits-serving")
+    [server] = pod_spec(deployment)["containers"]
+    assert server["command"] == ["digits", "serve", "--port", "8080"]
+    assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"http": 8080}
+    assert deployment["spec"]["replicas"] == 2
+    assert pod_spec(deployment)["automountServiceAccountToken"] is False
+    find(base, "ServiceAccount", pod_spec(deployment)["serviceAccountName"])
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == "8080"
+
+
+def _port(container: dict, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+
+
+def test_serving_probes_hit_the_health_endpoints(base):
+    [server] = pod_spec(find(base, "Deployment", "digits-serving"))["containers"]
+    expected = {
+        "startupProbe": "/v2/health/live",
+        "livenessProbe": "/v2/health/live",
+        "readinessProbe": "/v2/health/ready",
+    }
+    for probe, path in expected.items():
+        get = server[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert _port(server, get["port"]) == 8080, probe
+    # liveness must not depend on the model: a registry outage must not restart pods
+    assert server["livenessProbe"]["httpGet"]["path"] != "/v2/health/ready"
+
+
+def test_serving_rolls_out_without_downtime(base):
+    deployment = find(base, "Deployment", "digits-serving")
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert rolling["maxUnavailable"] == 0
+    assert rolling["maxSurge"] in (1, "25%") or int(str(rolling["maxSurge"]).rstrip("%")) > 0
+    spec = pod_spec(deployment)
+    [server] = spec["containers"]
+    command = server["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    assert 0 < int(command[1]) < spec["terminationGracePeriodSeconds"]
+
+
+def test_service_selects_the_serving_pods(base):
+    deployment = find(base, "Deployment", "digits-serving")
+    service = find(base, "Service", "digits-serving")
+    labels = pod_labels(deployment)
+    selector = service["spec"]["selector"]
+    assert selector and selector.items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["type"] == "ClusterIP"
+    [port] = service["spec"]["ports"]
+    assert port["port"] == 80
+    [server] = pod_spec(deployment)["containers"]
+    assert _port(server, port["targetPort"]) == 8080
+    # nothing else in the namespace is picked up by that selector
+    others = [w for w in workloads(base) if w is not deployment
+              and selector.items() <= pod_labels(w).items()]
+    assert not others
+
+
+def test_pdb_protects_the_serving_pods(base):
+    deployment = find(base, "Deployment", "digits-serving")
+    pdb = find(base, "PodDisruptionBudget", "digits-serving")
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert selector and selector.items() <= pod_labels(deployment).items()
+    # at least one pod always up, yet a node drain can still evict one
+    assert 1 <= pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_hpa_scales_the_deployment(base):
+    deployment = find(base, "Deployment", "digits-serving")
+    hpa = find(base, "HorizontalPodAutoscaler", "digits-serving")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "digits-serving")
+    assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"]
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # utilisation is relative to the request, so the request must exist (checked above)
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+
+
+# --------------------------------------------------------------------------- retraining
+
+
+def test_retraining_cronjob(base):
+    cron = find(base, "CronJob", "digits-retrain")
+    assert cron_valid(cron["spec"]["schedule"]), cron["spec"]["schedule"]
+    zoneinfo.ZoneInfo(cron["spec"]["timeZone"])  # raises on an unknown zone
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = pod_spec(cron)
+    [submit] = spec["containers"]
+    assert submit["command"] == [
+        "digits", "submit",
+        "--host", "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
+        "--experiment", "digits-retraining",
+    ]
+    assert spec["restartPolicy"] in {"Never", "OnFailure"}
+    account = find(base, "ServiceAccount", spec["serviceAccountName"])
+    assert account["metadata"]["name"] == "digits-retrain"
+
+
+def test_retraining_pod_carries_a_kfp_token(base):
+    """Multi-user Kubeflow authenticates with a projected token where kfp.Client looks."""
+    from kfp.client import KF_PIPELINES_SA_TOKEN_PATH
+
+    spec = pod_spec(find(base, "CronJob", "digits-retrain"))
+    [submit] = spec["containers"]
+    mount = next(m for m in submit["volumeMounts"] if m["mountPath"] == KFP_TOKEN_DIR)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    [source] = volume["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    assert f"{KFP_TOKEN_DIR}/{token['path']}" == KF_PIPELINES_SA_TOKEN_PATH
