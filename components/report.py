@@ -1073,6 +1073,7 @@ margin:8px 0 14px}
 .tile{border:1px solid var(--border);border-radius:6px;padding:6px 10px;background:var(--bg)}
 .tile .val{white-space:nowrap;font-size:1.15em;font-weight:600;font-variant-numeric:tabular-nums}
 .figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:18px;align-items:start}
+.figs>div{min-width:0;overflow-x:auto}
 figure{margin:0 0 10px}
 img{max-width:100%;height:auto;display:block}
 figcaption{color:var(--muted);font-size:.85em}
