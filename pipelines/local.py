@@ -27,6 +27,11 @@ QUICK_ARGUMENTS: dict[str, Any] = {
 }
 
 
+#: The headline metrics a run summary carries per model (the full set is in the report).
+SUMMARY_METRICS = ("n", "accuracy", "accuracy_ci", "top2_accuracy", "log_loss", "mcc", "ece",
+                   "macro_avg", "performance")
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
 
@@ -73,10 +78,14 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         registry = Registry.from_settings(get_settings())
         pointer = registry.production()
     kind = decision["challenger"]["kind"]
+    models = {
+        name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS}}
+        for name, row in decision["candidates"].items()
+    }
     return {
         "run_id": run_id,
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "models": decision["candidates"],
+        "models": models,
         "gate": {
             "decision": decision["decision"],
             "reason": decision["reason"],
