@@ -82,11 +82,27 @@ class Registry:
         self.bucket = bucket
 
     @classmethod
-    def from_settings(cls, settings) -> Registry:
+    def from_settings(cls, settings, *, timeout_s: float | None = None) -> Registry:
+        """A registry on the configured store.
+
+        ``timeout_s`` bounds every request and allows a single retry: right
+        for a server's poll loop, which must notice a dead store quickly and
+        try again later, unlike a pipeline step (minio's defaults: minutes).
+        """
         if not settings.s3_configured:
             raise RegistryError(
                 "no S3 store configured: set DIGITS_S3_ENDPOINT, DIGITS_S3_ACCESS_KEY "
                 "and DIGITS_S3_SECRET_KEY (digits run/serve start an embedded one)"
+            )
+        http = None
+        if timeout_s is not None:
+            import urllib3
+
+            http = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+                retries=urllib3.Retry(total=1, backoff_factor=0.2,
+                                      status_forcelist=[500, 502, 503, 504]),
+                maxsize=4,
             )
         client = Minio(
             settings.s3_endpoint,
@@ -94,6 +110,7 @@ class Registry:
             secret_key=settings.s3_secret_key.get_secret_value(),
             secure=settings.s3_secure,
             region=settings.s3_region or "us-east-1",
+            http_client=http,
         )
         return cls(client, settings.bucket)
 
@@ -107,7 +124,8 @@ class Registry:
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                content_type=content_type)
 
-    def _get(self, key: str) -> bytes | None:
+    def read(self, key: str) -> bytes | None:
+        """The raw bytes of one object, or ``None`` if it does not exist."""
         try:
             response = self.client.get_object(self.bucket, key)
         except S3Error as error:
@@ -123,7 +141,7 @@ class Registry:
     def _prefix(self, version: str) -> str:
         """Where a version lives (``versions/`` or ``failed/``); error if nowhere."""
         for status in STATUSES:
-            if self._get(f"{status}/{version}/{METADATA}") is not None:
+            if self.read(f"{status}/{version}/{METADATA}") is not None:
                 return f"{status}/{version}"
         raise RegistryError(f"no version {version!r} in the registry")
 
@@ -163,7 +181,7 @@ class Registry:
         metadata = self.metadata(version)
         prefix = f"{metadata['status']}/{version}"
         for rel, expected in metadata["files"].items():
-            data = self._get(f"{prefix}/{rel}")
+            data = self.read(f"{prefix}/{rel}")
             if data is None:
                 raise RegistryError(f"{version}: file {rel} is missing")
             if sha256_bytes(data) != expected["sha256"]:
@@ -175,7 +193,7 @@ class Registry:
         metadata = self.verify(version)
         if metadata["status"] != VERSIONS:
             raise RegistryError(f"{version} was rejected by the gate (it is under failed/)")
-        raw = self._get(f"{VERSIONS}/{version}/{METADATA}")
+        raw = self.read(f"{VERSIONS}/{version}/{METADATA}")
         current = self.production()
         history = []
         if current is not None:
@@ -200,7 +218,7 @@ class Registry:
             raise RegistryError("nothing to roll back to: production has no earlier version")
         previous = current.history[0]["version"]
         self.verify(previous)
-        raw = self._get(f"{VERSIONS}/{previous}/{METADATA}")
+        raw = self.read(f"{VERSIONS}/{previous}/{METADATA}")
         pointer = Pointer(previous, sha256_bytes(raw), utcnow(),
                           f"{reason} (from {current.version})", current.history[1:])
         self._put(POINTER, pointer.to_json(), "application/json")
@@ -209,7 +227,7 @@ class Registry:
     # ------------------------------------------------------------------ reading
 
     def production(self) -> Pointer | None:
-        raw = self._get(POINTER)
+        raw = self.read(POINTER)
         if raw is None:
             return None
         try:
@@ -219,7 +237,7 @@ class Registry:
 
     def metadata(self, version: str) -> dict[str, Any]:
         for status in STATUSES:
-            raw = self._get(f"{status}/{version}/{METADATA}")
+            raw = self.read(f"{status}/{version}/{METADATA}")
             if raw is not None:
                 return json.loads(raw)
         raise RegistryError(f"no version {version!r} in the registry")
@@ -231,7 +249,7 @@ class Registry:
         for status in STATUSES:
             for obj in self.client.list_objects(self.bucket, prefix=f"{status}/"):
                 version = obj.object_name.rstrip("/").split("/")[1]
-                raw = self._get(f"{status}/{version}/{METADATA}")
+                raw = self.read(f"{status}/{version}/{METADATA}")
                 if raw is None:  # an upload that never finished: not a version
                     continue
                 meta = json.loads(raw)
@@ -259,7 +277,7 @@ class Registry:
         staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".download-"))
         try:
             for rel, expected in metadata["files"].items():
-                data = self._get(f"{prefix}/{rel}")
+                data = self.read(f"{prefix}/{rel}")
                 if data is None or sha256_bytes(data) != expected["sha256"]:
                     raise RegistryError(f"{version}: file {rel} is missing or fails its sha256")
                 target = staging / rel

@@ -77,7 +77,7 @@ def test_unknown_kind_and_parameters_are_rejected():
 
 
 def test_corrupt_weights_raise_a_model_error(trained, tmp_path):
-    kind, model, _, directory = trained
+    kind, model, _, _ = trained
     broken = tmp_path / "broken"
     model.save(broken)
     (broken / model.filename).write_bytes(b"not a model")

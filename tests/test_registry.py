@@ -112,7 +112,7 @@ def test_promotion_interrupted_before_the_pointer_leaves_production_intact(
 def test_corrupted_upload_never_reaches_production(registry, model_dir, s3_server):
     champion = registry.promote(model_dir, meta(0.9), reason="champion")
     corrupting = Registry(_client(CorruptingUpload, s3_server), registry.bucket)
-    with pytest.raises(RegistryError, match="weights.npz fails its sha256"):
+    with pytest.raises(RegistryError, match=r"weights\.npz fails its sha256"):
         corrupting.promote(model_dir, meta(0.99), reason="challenger")
     assert registry.production().version == champion
 

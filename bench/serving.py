@@ -1,0 +1,388 @@
+"""Serving benchmark: our gunicorn server vs MLServer vs in-process predict, one XGBoost model.
+
+    python bench/serving.py [--duration 3] [--concurrency 1,8,32] [--batches 1,64]
+                            [--no-mlserver] [--json results.json]
+
+What it does, in one run (about 2-3 minutes on 2 cores; the first run also
+trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
+
+1. trains an XGBoost model on real MNIST (``DIGITS_MNIST_DIR`` or
+   ``../shared/data/mnist``), cached under ``.digits/bench/``;
+2. publishes it to a real registry (an embedded ``weed`` S3 store) and starts
+   ``digits serve`` (gunicorn) on it, exactly as in production;
+3. starts MLServer 1.7 (``mlserver-xgboost``) on the same model file, in its
+   own virtualenv (it pins ``uvloop==0.21.0`` and more);
+4. checks that both servers and the in-process model return the same
+   probabilities for the same digits;
+5. measures requests/s and p50/p99 latency for single images and 64-image
+   batches at several concurrency levels (closed loop, keep-alive, 127.0.0.1
+   only), plus the in-process ``predict_proba`` limit, and prints a table and
+   the ratios.
+
+MLServer runs in its best configuration measured here: ``parallel_workers=0``
+(inference in the HTTP process; its default of 1 adds a hop to a worker
+process and was ~10-40% slower) and ``OMP_NUM_THREADS=1`` (with XGBoost's
+default of all cores, its OpenMP threads fight the HTTP process for the two
+cores and latency goes to hundreds of milliseconds). Ours runs as
+``digits serve`` does by default (2 sync workers, one thread per forward pass).
+``BENCH_MLSERVER_PARALLEL_WORKERS`` overrides MLServer's setting; ``DIGITS_*``
+variables reach our server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for _path in (BENCH, ROOT):  # ROOT first: ``serving`` is the package, not this file
+    if str(_path) in sys.path:
+        sys.path.remove(str(_path))
+    sys.path.insert(0, str(_path))
+
+import loadgen  # noqa: E402
+
+from components.data import load_mnist  # noqa: E402
+from components.models import create_model, load_model  # noqa: E402
+
+MODEL_NAME = "digits"
+#: Model size: big enough to be a real model, small enough to train in about a minute here.
+TRAIN_SIZE = 6000
+ROUNDS = 40
+DEPTH = 6
+MLSERVER_PACKAGES = ["mlserver==1.7.1", "uvloop==0.21.0", "xgboost-cpu", "scikit-learn"]
+MLSERVER_NO_DEPS = ["mlserver-xgboost==1.7.1"]  # it would pull the 500 MB CUDA xgboost
+READY_TIMEOUT_S = 120
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def mnist_dir() -> Path:
+    path = Path(os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / "data" / "mnist")
+    if not path.is_dir():
+        sys.exit(f"MNIST not found at {path}; set DIGITS_MNIST_DIR")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((loadgen.LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{what} exited with {process.returncode} before becoming ready")
+        with contextlib.suppress(OSError, urllib.error.HTTPError):
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                return
+        time.sleep(0.2)
+    sys.exit(f"{what} not ready after {READY_TIMEOUT_S}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the process we started (its own session), then wait."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# --------------------------------------------------------------------------- model
+
+
+def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
+    """Train (or reuse) the benchmark model; its directory and test accuracy."""
+    directory = ROOT / ".digits" / "bench" / f"xgboost-{TRAIN_SIZE}-{ROUNDS}-{DEPTH}"
+    info_path = directory / "bench.json"
+    if info_path.exists():
+        return directory, json.loads(info_path.read_text())["accuracy"]
+    log(f"training XGBoost ({ROUNDS} rounds, depth {DEPTH}) on {TRAIN_SIZE} MNIST digits…")
+    started = time.perf_counter()
+    model = create_model("xgboost", n_estimators=ROUNDS, max_depth=DEPTH,
+                         early_stopping_rounds=0)
+    with contextlib.redirect_stdout(sys.stderr):
+        model.fit(x_train[:TRAIN_SIZE], y_train[:TRAIN_SIZE], x_test[:1000], y_test[:1000])
+    accuracy = float((model.predict(x_test) == y_test).mean())
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    (tmp / "bench.json").write_text(json.dumps({"accuracy": accuracy}))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    log(f"trained in {time.perf_counter() - started:.0f}s, test accuracy {accuracy:.4f}")
+    return directory, accuracy
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def our_server(model_dir: Path, workdir: Path) -> Iterator[int]:
+    """Registry (embedded S3) + ``digits serve``; yields the port."""
+    from minio import Minio
+
+    from components.registry import Registry
+    from components.s3local import LocalS3
+
+    s3 = LocalS3(workdir / "s3").start()
+    try:
+        registry = Registry(Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False,
+                                  region="us-east-1"), "bench")
+        version = registry.promote(model_dir, {"kind": "xgboost", "metrics": {}}, "benchmark")
+        port = free_port()
+        env = {**os.environ, **s3.environ(), "DIGITS_BUCKET": "bench",
+               "DIGITS_MODEL_NAME": MODEL_NAME, "DIGITS_POLL_INTERVAL_S": "30",
+               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / "home")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        with (workdir / "digits-serve.log").open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serving.cli", "--host", loadgen.LOCALHOST,
+                 "--port", str(port)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        try:
+            wait_ready(f"http://{loadgen.LOCALHOST}:{port}/v2/health/ready", process,
+                       "digits serve")
+            log(f"digits serve ready on :{port} with {version}")
+            yield port
+        finally:
+            stop(process)
+    finally:
+        s3.stop()
+
+
+def mlserver_venv() -> Path | None:
+    """MLServer's own virtualenv (created on first use); None if it cannot be installed."""
+    venv = Path(os.environ.get("DIGITS_BENCH_VENV", ROOT / ".bench-venv"))
+    binary = venv / "bin" / "mlserver"
+    if binary.exists():
+        return venv
+    log(f"installing MLServer into {venv} (once; about a minute)…")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+               "--disable-pip-version-check"]
+        subprocess.run([*pip, *MLSERVER_PACKAGES], check=True)
+        subprocess.run([*pip, "--no-deps", *MLSERVER_NO_DEPS], check=True)
+    except (subprocess.CalledProcessError, OSError) as error:
+        log(f"could not install MLServer ({error}); skipping it")
+        return None
+    return venv if binary.exists() else None
+
+
+@contextlib.contextmanager
+def mlserver(model_dir: Path, workdir: Path, venv: Path) -> Iterator[int]:
+    """MLServer serving the same ``model.ubj`` with ``mlserver_xgboost``; yields the port."""
+    repo = workdir / "mlserver"
+    repo.mkdir()
+    shutil.copy(model_dir / "model.ubj", repo / "model.ubj")
+    (repo / "model-settings.json").write_text(json.dumps({
+        "name": MODEL_NAME, "implementation": "mlserver_xgboost.XGBoostModel",
+        "parameters": {"uri": "./model.ubj", "version": "v1"}}))
+    port, grpc, metrics = free_port(), free_port(), free_port()
+    settings = {"http_port": port, "grpc_port": grpc, "metrics_port": metrics,
+                "host": loadgen.LOCALHOST,
+                "parallel_workers": int(os.environ.get("BENCH_MLSERVER_PARALLEL_WORKERS", "0"))}
+    (repo / "settings.json").write_text(json.dumps(settings))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with (workdir / "mlserver.log").open("wb") as out:
+        process = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(repo)],
+                                   cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_ready(f"http://{loadgen.LOCALHOST}:{port}/v2/models/{MODEL_NAME}/ready", process,
+                   "MLServer")
+        log(f"MLServer ready on :{port}")
+        yield port
+    finally:
+        stop(process)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def our_body(images: np.ndarray) -> bytes:
+    return json.dumps({"inputs": [{
+        "name": "images", "shape": [len(images), 784], "datatype": "UINT8",
+        "data": images.reshape(len(images), -1).ravel().tolist()}],
+        "outputs": [{"name": "probabilities"}]}, separators=(",", ":")).encode()
+
+
+def mlserver_body(images: np.ndarray) -> bytes:
+    """MLServer gets what the model was trained on: pixels / 255 as FP32 (exactly the
+    stem's values: rounding them would move some pixels across split thresholds)."""
+    data = (images.reshape(len(images), -1).astype(np.float32) / np.float32(255)).ravel().tolist()
+    return json.dumps({"inputs": [{
+        "name": "input-0", "shape": [len(images), 784], "datatype": "FP32", "data": data}],
+        "outputs": [{"name": "predict_proba"}]}, separators=(",", ":")).encode()
+
+
+def request_pool(images: np.ndarray, batch: int, make_body, port: int, count: int = 32
+                 ) -> list[bytes]:
+    path = f"/v2/models/{MODEL_NAME}/infer"
+    return [loadgen.build_request(path, make_body(images[i * batch:(i + 1) * batch]), port=port)
+            for i in range(count)]
+
+
+def probabilities(port: int, body: bytes) -> np.ndarray:
+    request = urllib.request.Request(
+        f"http://{loadgen.LOCALHOST}:{port}/v2/models/{MODEL_NAME}/infer", data=body,
+        headers={"Content-Type": "application/json"})
+    answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    output = next(o for o in answer["outputs"] if o["name"] in ("probabilities",
+                                                                 "predict_proba"))
+    return np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def in_process(model_dir: Path, images: np.ndarray, batch: int, duration: float) -> dict:
+    """The model's own ``predict_proba`` in a loop, one thread: the cost of the math alone."""
+    model = load_model(model_dir)
+    model._model.get_booster().set_param("nthread", 1)
+    latencies = []
+    index, deadline = 0, time.perf_counter() + duration
+    while time.perf_counter() < deadline:
+        chunk = images[(index * batch) % (len(images) - batch):][:batch]
+        started = time.perf_counter()
+        model.predict_proba(chunk)
+        latencies.append(time.perf_counter() - started)
+        index += 1
+    total = sum(latencies)
+    return {"server": "in-process", "batch": batch, "concurrency": 1,
+            "rps": len(latencies) / total, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+            "p99_ms": 1000 * float(np.percentile(latencies, 99)), "errors": 0}
+
+
+def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: int,
+            duration: float) -> dict:
+    result = loadgen.run(port, pool, concurrency=concurrency, duration=duration,
+                         warmup=min(1.0, duration / 4))
+    row = {"server": server, "batch": batch, "concurrency": concurrency, "rps": result.rps,
+           "p50_ms": 1000 * result.percentile(50), "p99_ms": 1000 * result.percentile(99),
+           "errors": result.errors, "requests": result.count}
+    log(f"{server:10s} batch {batch:3d} x{concurrency:<3d} {row['rps']:8.1f} req/s  "
+        f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}")
+    return row
+
+
+def print_table(rows: list[dict], accuracy: float) -> None:
+    from serving.settings import ServeSettings
+
+    config = ServeSettings()
+    threads = f" x {config.threads} threads" if config.worker_class == "gthread" else ""
+    print(f"\nXGBoost, {ROUNDS} rounds x 10 classes, depth {DEPTH}, trained on {TRAIN_SIZE} "
+          f"MNIST digits (test accuracy {accuracy:.4f}); {os.cpu_count()} CPUs")
+    print(f"digits serve: {config.workers} {config.worker_class} workers{threads}; MLServer "
+          f"parallel_workers={os.environ.get('BENCH_MLSERVER_PARALLEL_WORKERS', '0')}, "
+          "OMP_NUM_THREADS=1; closed-loop clients on 127.0.0.1\n")
+    header = (f"{'server':<11}{'batch':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
+              f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['server']:<11}{row['batch']:>6}{row['concurrency']:>6}{row['rps']:>10.1f}"
+              f"{row['rps'] * row['batch']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+              f"{row['errors']:>8}")
+    ours = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits"}
+    theirs = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "mlserver"}
+    if theirs:
+        print("\ndigits vs MLServer: throughput ratio (higher is better for digits), "
+              "p99 ratio (MLServer p99 / digits p99, higher is better for digits)")
+        for key in sorted(ours):
+            if key in theirs:
+                a, b = ours[key], theirs[key]
+                print(f"  batch {key[0]:>3}, concurrency {key[1]:>3}: throughput x"
+                      f"{a['rps'] / b['rps']:.2f}, p99 x{b['p99_ms'] / a['p99_ms']:.2f}")
+    limit = {r["batch"]: r for r in rows if r["server"] == "in-process"}
+    if limit:
+        print("\ndigits vs the in-process limit (one thread; the server has "
+              f"{os.cpu_count()} cores): throughput as a share of it")
+        for key in sorted(ours):
+            if key[0] in limit:
+                print(f"  batch {key[0]:>3}, concurrency {key[1]:>3}: "
+                      f"{ours[key]['rps'] / limit[key[0]]['rps']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0,
+                        help="seconds measured per cell (default 3)")
+    parser.add_argument("--concurrency", default="1,8,32",
+                        help="comma-separated concurrency levels (default 1,8,32)")
+    parser.add_argument("--batches", default="1,64", help="images per request (default 1,64)")
+    parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    levels = [int(v) for v in args.concurrency.split(",")]
+    batches = [int(v) for v in args.batches.split(",")]
+    started = time.monotonic()
+
+    x_train, y_train, x_test, y_test, _ = load_mnist(mnist_dir())
+    model_dir, accuracy = trained_model(x_train, y_train, x_test, y_test)
+    images = x_test[:64 * 32]
+    venv = None if args.no_mlserver else mlserver_venv()
+
+    rows = [in_process(model_dir, images, batch, min(args.duration, 2.0)) for batch in batches]
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-bench-")))
+        ours = stack.enter_context(our_server(model_dir, workdir))
+        theirs = stack.enter_context(mlserver(model_dir, workdir, venv)) if venv else None
+
+        reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
+        ours_p = probabilities(ours, our_body(images[:64]))
+        log(f"same answers: digits vs in-process max |diff| {np.abs(ours_p - reference).max():.2e}")
+        if theirs:
+            theirs_p = probabilities(theirs, mlserver_body(images[:64]))
+            log(f"same answers: MLServer vs in-process max |diff| "
+                f"{np.abs(theirs_p - reference).max():.2e}")
+
+        for batch in batches:
+            our_pool = request_pool(images, batch, our_body, ours)
+            their_pool = request_pool(images, batch, mlserver_body, theirs) if theirs else None
+            for concurrency in levels:
+                # Alternate the servers cell by cell, so background load hits both alike.
+                rows.append(measure("digits", ours, our_pool, batch, concurrency,
+                                    args.duration))
+                if theirs:
+                    rows.append(measure("mlserver", theirs, their_pool, batch, concurrency,
+                                        args.duration))
+
+    rows.sort(key=lambda r: (r["batch"], r["concurrency"], r["server"]))
+    print_table(rows, accuracy)
+    print(f"\n(total {time.monotonic() - started:.0f}s)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

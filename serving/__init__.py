@@ -1,0 +1,5 @@
+"""The model server: Flask app (``serving.app.create_app``) under gunicorn (``digits serve``).
+
+Nothing here runs at import time; see :mod:`serving.app` for the routes and
+:mod:`serving.model` for loading and hot-swapping the production model.
+"""

@@ -1,0 +1,87 @@
+"""Prometheus metrics of the server, correct under gunicorn's several processes.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``digits serve`` and the image always
+set it) every worker writes its samples to files there and ``/metrics``
+aggregates them, whichever worker answers the scrape. Without it (the Flask
+test client) the metrics live in a private registry of the app, so several
+apps in one process never collide.
+
+Metric objects are built by :class:`Metrics`, never at import time: the
+multiprocess switch is read when a metric is created, and must already be set.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
+
+
+class Metrics:
+    """Every metric the server exports, created once per app."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode samples are collected from files, not from a registry.
+        self.registry = None if self.multiprocess else CollectorRegistry()
+        reg = {"registry": self.registry}
+        self.requests = Counter(
+            "digits_http_requests", "HTTP requests by route, method and status.",
+            ["route", "method", "status"], **reg,
+        )
+        self.latency = Histogram(
+            "digits_http_request_duration_seconds", "Time to answer a request, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, **reg,
+        )
+        self.batch_size = Histogram(
+            "digits_request_batch_size", "Images per prediction request.",
+            buckets=BATCH_BUCKETS, **reg,
+        )
+        self.forward_batch = Histogram(
+            "digits_forward_batch_size",
+            "Images per forward pass of the model (requests merged while it was busy).",
+            buckets=BATCH_BUCKETS, **reg,
+        )
+        self.images = Counter("digits_predicted_images", "Images classified.", **reg)
+        self.model_info = Gauge(
+            "digits_model_info", "1 for the model version each worker serves.",
+            ["version", "kind"], multiprocess_mode="liveall", **reg,
+        )
+        self.ready = Gauge(
+            "digits_model_ready", "1 when the worker has a model loaded.",
+            multiprocess_mode="liveall", **reg,
+        )
+        self.reloads = Counter(
+            "digits_model_reloads", "Attempts to load a new production model, by result.",
+            ["result"], **reg,
+        )
+        self.registry_errors = Counter(
+            "digits_registry_errors", "Polls of the registry that failed (store unreachable).",
+            **reg,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text: this process's registry, or every worker's files."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

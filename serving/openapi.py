@@ -1,0 +1,226 @@
+"""The OpenAPI 3 description of the server, built in code and served at ``/openapi.json``.
+
+Kept next to the routes and checked by a test against ``app.url_map``, so an
+endpoint cannot be added without being documented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed request: bad JSON, shape, datatype, values or image.",
+        404: "Unknown model name or version, or no such endpoint.",
+        413: "Body larger than DIGITS_MAX_BODY_BYTES, or batch larger than DIGITS_MAX_BATCH.",
+        415: "Unsupported Content-Type.",
+        503: "No model loaded yet.",
+    }
+    return {str(code): {"$ref": f"#/components/responses/E{code}"} for code in codes
+            if code in text}
+
+
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+        "description": "Model name (DIGITS_MODEL_NAME, default `digits`)."}
+VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+           "description": "Registry version id; must be the one currently serving."}
+
+
+def _v2_model_paths() -> dict[str, Any]:
+    """The v2 model endpoints, without and with ``/versions/{version}``."""
+    metadata = {
+        "get": {
+            "tags": ["v2"], "summary": "Model metadata",
+            "responses": {"200": _json(_ref("ModelMetadata"), "Model metadata."),
+                          **_errors(404)},
+        }
+    }
+    ready = {
+        "get": {
+            "tags": ["v2"], "summary": "Model readiness",
+            "responses": {"200": _json(_ref("ModelReady"), "The model is ready."),
+                          "503": _json(_ref("ModelReady"), "Not ready (no model loaded)."),
+                          **_errors(404)},
+        }
+    }
+    infer = {
+        "post": {
+            "tags": ["v2"], "summary": "Inference (Open Inference Protocol)",
+            "description": (
+                "One input tensor of pixels 0..255, shape `[N, 784]` or `[N, 28, 28]`, data "
+                "row-major, flat or nested. Outputs `label` (INT64 `[N]`) and `probabilities` "
+                "(FP32 `[N, 10]`); `predict`/`predict_proba` are accepted as MLServer-style "
+                "aliases. `id` is echoed."
+            ),
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("InferenceRequest")}}},
+            "responses": {"200": _json(_ref("InferenceResponse"), "Predictions."),
+                          **_errors(400, 404, 413, 415, 503)},
+        }
+    }
+    paths = {}
+    for prefix, params in (("/v2/models/{name}", [NAME]),
+                           ("/v2/models/{name}/versions/{version}", [NAME, VERSION])):
+        for tail, item in (("", metadata), ("/ready", ready), ("/infer", infer)):
+            paths[prefix + tail] = {"parameters": params, **item}
+    return paths
+
+
+def spec(server_version: str = "0") -> dict[str, Any]:
+    """The OpenAPI document."""
+    tensor_data = {
+        "description": "Row-major tensor contents, flat or nested.",
+        "type": "array", "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},
+    }
+    schemas = {
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "string"}}},
+        "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
+        "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+        "ModelReady": {"type": "object", "properties": {"name": {"type": "string"},
+                                                        "ready": {"type": "boolean"}}},
+        "ServerMetadata": {"type": "object", "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "MetadataTensor": {"type": "object", "required": ["name", "datatype", "shape"],
+                           "properties": {"name": {"type": "string"},
+                                          "datatype": {"type": "string"},
+                                          "shape": {"type": "array",
+                                                    "items": {"type": "integer"}}}},
+        "ModelMetadata": {"type": "object", "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _ref("MetadataTensor")},
+            "outputs": {"type": "array", "items": _ref("MetadataTensor")},
+            "parameters": {"type": "object"}}},
+        "RequestInput": {
+            "type": "object", "required": ["name", "shape", "datatype", "data"],
+            "properties": {
+                "name": {"type": "string", "example": "images"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                          "example": [1, 784]},
+                "datatype": {"type": "string", "enum": [
+                    "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                    "FP16", "FP32", "FP64"]},
+                "parameters": {"type": "object"},
+                "data": tensor_data}},
+        "RequestOutput": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string",
+                     "enum": ["label", "probabilities", "predict", "predict_proba"]},
+            "parameters": {"type": "object"}}},
+        "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1,
+                       "items": _ref("RequestInput")},
+            "outputs": {"type": "array", "items": _ref("RequestOutput")}}},
+        "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+                           "properties": {"name": {"type": "string"},
+                                          "shape": {"type": "array",
+                                                    "items": {"type": "integer"}},
+                                          "datatype": {"type": "string"},
+                                          "data": tensor_data}},
+        "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"],
+                              "properties": {
+                                  "model_name": {"type": "string"},
+                                  "model_version": {"type": "string"},
+                                  "id": {"type": "string"},
+                                  "parameters": {"type": "object"},
+                                  "outputs": {"type": "array",
+                                              "items": _ref("ResponseOutput")}}},
+        "Prediction": {"type": "object", "properties": {
+            "label": {"type": "integer", "minimum": 0, "maximum": 9},
+            "probabilities": {"type": "array", "items": {"type": "number"},
+                              "minItems": 10, "maxItems": 10},
+            "source": {"type": "string", "description": "Uploaded file name (uploads only)."}}},
+        "Pixels": {"description": "One image (784 values, or 28 rows of 28) or a batch of them; "
+                                  "whole numbers 0..255, white digit on black like MNIST.",
+                   "type": "array", "items": {"oneOf": [{"type": "number"},
+                                                        {"type": "array"}]}},
+        "PredictResponse": {"type": "object", "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"},
+            "model_kind": {"type": "string"},
+            "predictions": {"type": "array", "items": _ref("Prediction")}}},
+        "V1Request": {"type": "object", "required": ["instances"], "properties": {
+            "instances": _ref("Pixels")}},
+        "V1Response": {"type": "object", "properties": {
+            "predictions": {"type": "array", "items": _ref("Prediction")},
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}}},
+    }
+    responses = {
+        f"E{code}": _json(_ref("Error"), text) for code, text in (
+            (400, "Bad request."), (404, "Not found."), (413, "Payload too large."),
+            (415, "Unsupported media type."), (503, "No model loaded yet."))
+    }
+    paths: dict[str, Any] = {
+        "/": {"get": {"tags": ["web"], "summary": "Drawing page",
+                      "responses": {"200": {"description": "HTML page.",
+                                            "content": {"text/html": {}}}}}},
+        "/openapi.json": {"get": {"tags": ["web"], "summary": "This document",
+                                  "responses": {"200": {"description": "OpenAPI 3 JSON."}}}},
+        "/metrics": {"get": {"tags": ["ops"], "summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "Exposition text.",
+                                                   "content": {"text/plain": {}}}}}},
+        "/v2": {"get": {"tags": ["v2"], "summary": "Server metadata",
+                        "responses": {"200": _json(_ref("ServerMetadata"), "Server metadata.")}}},
+        "/v2/health/live": {"get": {"tags": ["v2"], "summary": "Liveness",
+                                    "responses": {"200": _json(_ref("Live"), "Live.")}}},
+        "/v2/health/ready": {"get": {
+            "tags": ["v2"], "summary": "Readiness: a model is loaded",
+            "responses": {"200": _json(_ref("Ready"), "Ready."),
+                          "503": _json(_ref("Ready"), "Not ready.")}}},
+        **_v2_model_paths(),
+        "/v1/models/{name}": {"parameters": [NAME], "get": {
+            "tags": ["v1"], "summary": "Model status (KServe v1)",
+            "responses": {"200": _json(_ref("ModelReady"), "Ready."),
+                          "503": _json(_ref("ModelReady"), "Not ready."), **_errors(404)}}},
+        "/v1/models/{name}:predict": {"parameters": [NAME], "post": {
+            "tags": ["v1"], "summary": "Predict (TF-Serving / KServe v1 `instances`)",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("V1Request")}}},
+            "responses": {"200": _json(_ref("V1Response"), "One prediction per instance."),
+                          **_errors(400, 404, 413, 415, 503)}}},
+        "/predict": {"post": {
+            "tags": ["predict"], "summary": "Classify uploaded images or raw pixels",
+            "description": (
+                "PNG or JPEG of any size (dark-on-light or light-on-dark; converted to MNIST "
+                "format: grayscale, inverted if needed, ink box scaled into 20x20, centred by "
+                "mass in 28x28), as multipart files (several = a batch) or a raw image body; "
+                "or JSON `{\"pixels\": ...}`."
+            ),
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": {
+                    "type": "object", "properties": {"file": {
+                        "type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object", "required": ["pixels"],
+                                                "properties": {"pixels": _ref("Pixels")}}},
+            }},
+            "responses": {"200": _json(_ref("PredictResponse"), "One prediction per image."),
+                          **_errors(400, 413, 415, 503)}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Digits model server",
+            "version": server_version,
+            "description": (
+                "Handwritten-digit classification. Every prediction names the model version "
+                "that answered (body and `X-Model-Version` header). Errors are "
+                "`{\"error\": \"...\"}`."
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": schemas, "responses": responses},
+    }

@@ -1,0 +1,75 @@
+"""Helpers for the serving tests (fixtures are in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from components.models import DigitModel
+from components.registry import Registry
+from serving.app import create_app
+
+
+@dataclass
+class Trained:
+    """A trained model, its saved directory, and what it predicts for the holdout digits."""
+
+    model: DigitModel
+    directory: Path
+
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(images)
+
+
+def promote(registry: Registry, item: Trained, reason: str = "test") -> str:
+    return registry.promote(item.directory, {"kind": item.kind, "metrics": {"accuracy": 0.9}},
+                            reason)
+
+
+def app_config(s3_server, registry: Registry, **overrides: Any) -> dict[str, Any]:
+    """Settings for ``create_app``: this registry, no background polling to speak of."""
+    return {
+        "s3_endpoint": s3_server.endpoint, "s3_access_key": s3_server.access_key,
+        "s3_secret_key": s3_server.secret_key, "bucket": registry.bucket,
+        "poll_interval_s": 3600, "access_log": False, **overrides,
+    }
+
+
+def make_app(s3_server, registry: Registry, **overrides: Any):
+    """An app whose model has loaded what production points at (if anything)."""
+    app = create_app(app_config(s3_server, registry, **overrides))
+    server = app.extensions["digits"]
+    server.model.start()
+    return app, server
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def v2_body(images: np.ndarray, *, datatype: str = "UINT8", nested: bool = False,
+            **extra: Any) -> dict[str, Any]:
+    data = images.tolist() if nested else images.reshape(len(images), -1).ravel().tolist()
+    shape = list(images.shape) if nested else [len(images), 784]
+    return {"inputs": [{"name": "images", "shape": shape, "datatype": datatype,
+                        "data": data}], **extra}

@@ -1,0 +1,130 @@
+"""The drawing page in headless Chromium: draw a digit with the mouse and by touch.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium``
+package; skipped only when they are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+selenium = pytest.importorskip("selenium", reason="pip install selenium")
+if not (CHROMIUM and DRIVER):
+    pytest.skip("chromium and chromium-driver are not installed", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def base_url(served):
+    """The served app over real HTTP (werkzeug's server: tests only, never in production)."""
+    app = served[0]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=900,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def canvas_png(driver) -> bytes:
+    url = driver.execute_script("return document.getElementById('pad').toDataURL('image/png')")
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def server_prediction(base_url: str, png: bytes) -> dict:
+    request = urllib.request.Request(f"{base_url}/predict", data=png,
+                                     headers={"Content-Type": "image/png"})
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+
+def wait_for_prediction(driver, count: int) -> None:
+    WebDriverWait(driver, 15).until(
+        lambda d: d.execute_script("return document.body.dataset.predictions") == str(count))
+
+
+def shown(driver) -> tuple[str, str, list[str]]:
+    label = driver.find_element(By.ID, "label").text
+    version = driver.find_element(By.ID, "version").text
+    bars = [li.find_element(By.CLASS_NAME, "pct").text
+            for li in driver.find_elements(By.CSS_SELECTOR, "#bars li")]
+    return label, version, bars
+
+
+def test_draw_a_one_with_the_mouse(browser, base_url, served):
+    _, _, version, _ = served
+    browser.get(base_url + "/")
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_element(By.ID, "version").text == version)
+    canvas = browser.find_element(By.ID, "pad")
+    actions = ActionChains(browser)
+    actions.move_to_element_with_offset(canvas, 5, -95).click_and_hold()
+    for _step in range(1, 20):  # a slightly slanted vertical stroke: a "1"
+        actions.move_by_offset(-1, 10)
+    actions.release().perform()
+    wait_for_prediction(browser, 1)
+
+    label, shown_version, bars = shown(browser)
+    assert label == "1", bars  # the easiest digit: even the 600-digit test model gets it
+    assert shown_version == version
+    assert len(bars) == 10 and all(bar.endswith("%") for bar in bars)
+    expected = server_prediction(base_url, canvas_png(browser))
+    assert label == str(expected["predictions"][0]["label"])
+    assert expected["model_version"] == version
+
+    browser.find_element(By.ID, "clear").click()
+    assert shown(browser)[0] == ""
+
+
+def test_draw_a_seven_by_touch(browser, base_url, served):
+    _, _, version, _ = served
+    browser.get(base_url + "/")
+    rect = browser.execute_script(
+        "const r = document.getElementById('pad').getBoundingClientRect();"
+        "return [r.left, r.top];")
+    left, top = rect
+    points = [(70 + 7 * i, 70) for i in range(21)] + [(210 - 4 * i, 70 + 8 * i) for i in range(21)]
+
+    def touch(kind: str, x: float, y: float) -> None:
+        browser.execute_cdp_cmd("Input.dispatchTouchEvent", {
+            "type": kind,
+            "touchPoints": [] if kind == "touchEnd" else [{"x": left + x, "y": top + y}]})
+
+    browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
+    touch("touchStart", *points[0])
+    for point in points[1:]:
+        touch("touchMove", *point)
+    touch("touchEnd", *points[-1])
+    wait_for_prediction(browser, 1)
+
+    label, shown_version, _ = shown(browser)
+    assert shown_version == version
+    expected = server_prediction(base_url, canvas_png(browser))
+    assert label == str(expected["predictions"][0]["label"])

@@ -1,0 +1,162 @@
+"""Bad input: every case is a clear 4xx with ``{"error": ...}``, never a 500, never a crash.
+
+The ``served`` app has ``max_body_bytes=1_000_000``, ``max_batch=256`` and
+``max_image_pixels=4_000_000``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving.helpers import png_bytes
+
+INFER = "/v2/models/digits/infer"
+V1 = "/v1/models/digits:predict"
+DIGIT = np.zeros((28, 28), dtype=np.uint8)
+DIGIT[6:22, 12:16] = 255  # a "1"
+DIGIT[6:22, 11] = 128  # with an anti-aliased edge
+PIXELS = DIGIT.ravel().tolist()
+
+
+def tensor(**override) -> bytes:
+    item = {"name": "images", "shape": [1, 784], "datatype": "UINT8", "data": PIXELS}
+    item.update(override)
+    return json.dumps({"inputs": [item]}).encode()
+
+
+def big_blank_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 255).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def gif_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(DIGIT).save(buffer, "GIF")
+    return buffer.getvalue()
+
+
+JSON = "application/json"
+CASES = [
+    # (id, method, path, content type, body, status, words in the error)
+    ("invalid json", "POST", INFER, JSON, b"{not json", 400, "invalid JSON"),
+    ("json not an object", "POST", INFER, JSON, b"[1, 2]", 400, "object"),
+    ("no inputs", "POST", INFER, JSON, b"{}", 400, "inputs"),
+    ("empty inputs", "POST", INFER, JSON, b'{"inputs": []}', 400, "inputs"),
+    ("two inputs", "POST", INFER, JSON,
+     json.dumps({"inputs": [json.loads(tensor())["inputs"][0]] * 2}).encode(), 400, "one input"),
+    ("input missing shape", "POST", INFER, JSON,
+     json.dumps({"inputs": [{"name": "x", "datatype": "UINT8", "data": PIXELS}]}).encode(),
+     400, "shape"),
+    ("negative shape", "POST", INFER, JSON, tensor(shape=[-1, 784]), 400, "shape"),
+    ("shape/data mismatch", "POST", INFER, JSON, tensor(shape=[2, 784]), 400, "needs 1568"),
+    ("wrong shape", "POST", INFER, JSON,
+     tensor(shape=[7, 112], data=PIXELS), 400, "expected shape"),
+    ("bytes datatype", "POST", INFER, JSON, tensor(datatype="BYTES"), 400, "datatype"),
+    ("unknown datatype", "POST", INFER, JSON, tensor(datatype="FLOAT"), 400, "datatype"),
+    ("uint8 out of range", "POST", INFER, JSON,
+     tensor(data=[300, *PIXELS[1:]]), 400, "out of range for UINT8"),
+    ("negative pixel", "POST", INFER, JSON,
+     tensor(datatype="INT32", data=[-5, *PIXELS[1:]]), 400, "0..255"),
+    ("scaled floats", "POST", INFER, JSON,
+     tensor(datatype="FP32", data=[v / 255 for v in PIXELS]), 400, "whole numbers"),
+    ("fractional ints", "POST", INFER, JSON,
+     tensor(data=[0.5, *PIXELS[1:]]), 400, "integers"),
+    ("nan", "POST", INFER, JSON,
+     tensor(datatype="FP32", data=[float("nan"), *PIXELS[1:]]), 400, "NaN"),
+    ("infinity", "POST", INFER, JSON,
+     tensor(datatype="FP64", data=[float("inf"), *PIXELS[1:]]), 400, "NaN or infinity"),
+    ("strings", "POST", INFER, JSON, tensor(data=["1"] * 784), 400, "integers"),
+    ("nulls", "POST", INFER, JSON, tensor(data=[None] * 784), 400, "integers"),
+    ("booleans", "POST", INFER, JSON, tensor(data=[True] * 784), 400, "integers"),
+    ("ragged nested", "POST", INFER, JSON,
+     tensor(shape=[1, 28, 28], data=[[0] * 28] * 27 + [[0] * 27]), 400, "regular"),
+    ("huge integer", "POST", INFER, JSON,
+     tensor(datatype="INT64", data=[10 ** 30, *PIXELS[1:]]), 400, "integers"),
+    ("empty batch", "POST", INFER, JSON, tensor(shape=[0, 784], data=[]), 400, "empty batch"),
+    ("data not a list", "POST", INFER, JSON, tensor(data=5), 400, "array"),
+    ("id not a string", "POST", INFER, JSON,
+     json.dumps({"id": 5, **json.loads(tensor())}).encode(), 400, "'id'"),
+    ("unknown output", "POST", INFER, JSON,
+     json.dumps({"outputs": [{"name": "logits"}], **json.loads(tensor())}).encode(),
+     400, "unknown output"),
+    ("outputs not a list", "POST", INFER, JSON,
+     json.dumps({"outputs": "label", **json.loads(tensor())}).encode(), 400, "outputs"),
+    ("deeply nested json", "POST", INFER, JSON, b"[" * 100_000 + b"]" * 100_000, 400,
+     "invalid JSON"),
+    ("batch over the limit", "POST", INFER, JSON, tensor(shape=[300, 784]), 413, "limit"),
+    ("body over the limit", "POST", INFER, JSON, b" " * 1_100_000, 413, "1000000 bytes"),
+    ("text/plain", "POST", INFER, "text/plain", tensor(), 415, "application/json"),
+    ("form encoded", "POST", INFER, "application/x-www-form-urlencoded", tensor(), 415,
+     "application/json"),
+    ("no content type", "POST", INFER, None, tensor(), 415, "Content-Type"),
+    ("unknown model", "POST", "/v2/models/mnist/infer", JSON, tensor(), 404, "unknown model"),
+    ("unknown version", "POST", "/v2/models/digits/versions/v0/infer", JSON, tensor(), 404,
+     "version"),
+    ("unknown model metadata", "GET", "/v2/models/mnist", None, b"", 404, "unknown model"),
+    ("unknown model ready", "GET", "/v2/models/mnist/ready", None, b"", 404, "unknown model"),
+    ("get on infer", "GET", INFER, None, b"", 405, "not allowed"),
+    ("no such path", "GET", "/v3/whatever", None, b"", 404, "no such endpoint"),
+    # v1
+    ("v1 no instances", "POST", V1, JSON, b'{"inputs": []}', 400, "instances"),
+    ("v1 empty instances", "POST", V1, JSON, b'{"instances": []}', 400, "instances"),
+    ("v1 bad shape", "POST", V1, JSON, b'{"instances": [[1, 2, 3]]}', 400, "expected shape"),
+    ("v1 wrong content type", "POST", V1, "text/csv", b"1,2", 415, "application/json"),
+    ("v1 unknown model", "POST", "/v1/models/x:predict", JSON, b'{"instances": []}', 404,
+     "unknown model"),
+    # /predict
+    ("not an image", "POST", "/predict", "image/png", b"hello, world", 400, "not a PNG"),
+    ("truncated png", "POST", "/predict", "image/png", png_bytes(DIGIT)[:60], 400, "decode"),
+    ("corrupt png data", "POST", "/predict", "image/png",
+     png_bytes(DIGIT)[:33] + zlib.compress(b"x" * 50) + png_bytes(DIGIT)[-12:], 400, "decode"),
+    ("empty image", "POST", "/predict", "image/png", b"", 400, "empty"),
+    ("gif", "POST", "/predict", "image/png", gif_bytes(), 400, "not a PNG or JPEG"),
+    ("blank image", "POST", "/predict", "image/png", big_blank_png(50, 50), 400, "no digit"),
+    ("too many pixels", "POST", "/predict", "image/png", big_blank_png(4000, 2000), 400,
+     "too large"),
+    ("unsupported type", "POST", "/predict", "text/plain", b"7", 415, "multipart"),
+    ("gif content type", "POST", "/predict", "image/gif", gif_bytes(), 415, "image/png"),
+    ("json without pixels", "POST", "/predict", JSON, b'{"image": []}', 400, "pixels"),
+    ("json bad pixels", "POST", "/predict", JSON, b'{"pixels": [1, 2]}', 400, "shape"),
+    ("json pixels in 0..1", "POST", "/predict", JSON,
+     json.dumps({"pixels": [v / 255 for v in PIXELS]}).encode(), 400, "whole numbers"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "content_type", "body", "status", "words"),
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_a_clear_4xx(served, method, path, content_type, body, status, words):
+    _, client, _, _ = served
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.open(path, method=method, data=body, headers=headers)
+    assert response.status_code == status, response.data[:300]
+    assert response.mimetype == "application/json"
+    assert "X-Model-Version" not in response.headers, "no model answered"
+    error = response.json["error"]
+    assert isinstance(error, str) and error
+    assert words.lower() in error.lower()
+
+
+def test_multipart_errors_name_the_file(served):
+    _, client, _, _ = served
+    files = {"file": [(io.BytesIO(png_bytes(DIGIT)), "good.png"),
+                      (io.BytesIO(b"GIF89a..."), "bad.gif")]}
+    response = client.post("/predict", data=files, content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert response.json["error"].startswith("bad.gif: ")
+    empty = client.post("/predict", data={"field": "value"}, content_type="multipart/form-data")
+    assert empty.status_code == 400 and "no file" in empty.json["error"]
+
+
+def test_server_still_answers_after_the_bad_inputs(served):
+    _, client, _, _ = served
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.post(INFER, data=tensor(), content_type=JSON).status_code == 200
+    text = client.get("/metrics").data.decode()
+    assert 'status="500"' not in text
