@@ -277,6 +277,6 @@ def test_resolution_order_override_env_cache(tmp_path, mnist_dir):
                         mnist_url="http://127.0.0.1:9/unreachable/")
     assert resolve_mnist_dir(mnist_dir, settings) == mnist_dir
     assert resolve_mnist_dir(None, settings) == tmp_path / "env"
-    cache = Settings(cache_dir=tmp_path / "cache", mnist_url="http://127.0.0.1:9/")
+    cache = Settings(mnist_dir=None, cache_dir=tmp_path / "cache", mnist_url="http://127.0.0.1:9/")
     with pytest.raises(DataError, match="cannot download"):
         resolve_mnist_dir(None, cache)
