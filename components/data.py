@@ -192,6 +192,17 @@ def resolve_mnist_dir(override: Path | None, settings) -> Path:
 # --------------------------------------------------------------------------- CSV
 
 
+def read_lines(path: Path) -> list[str]:
+    """A text file's lines (a UTF-8 BOM dropped); a clear error if unreadable or empty."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read ({error})") from error
+    if not lines:
+        raise DataError(f"{path}: empty file")
+    return lines
+
+
 def load_kaggle_csv(path: Path, *, labelled: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a Kaggle ``digit-recognizer`` CSV (``label,pixel0..pixel783`` or pixels only).
 
@@ -200,12 +211,7 @@ def load_kaggle_csv(path: Path, *, labelled: bool = True) -> tuple[np.ndarray, n
     """
     path = Path(path)
     width = NUM_PIXELS + (1 if labelled else 0)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from error
-    if not lines:
-        raise DataError(f"{path}: empty file")
+    lines = read_lines(path)
     header = lines[0].strip().split(",")
     expected = (["label"] if labelled else []) + [f"pixel{i}" for i in range(NUM_PIXELS)]
     if header != expected:

@@ -167,7 +167,8 @@ def fetch_champion(registry, workdir: Path) -> tuple[str, Path] | None:
     return pointer.version, target
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, Path]:
+def parse_kind_paths(values: list[str], flag: str) -> dict[str, Path]:
+    """``["cnn=/a", "xgboost=/b"]`` → ``{"cnn": Path("/a"), ...}`` (repeatable CLI flags)."""
     out = {}
     for value in values:
         kind, sep, path = value.partition("=")
@@ -195,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = GatePolicy(args.min_accuracy, args.min_improvement, args.alpha,
                         args.max_class_regression)
-    candidates = _pairs(args.candidate, "--candidate")
-    evaluations = _pairs(args.evaluation, "--evaluation")
+    candidates = parse_kind_paths(args.candidate, "--candidate")
+    evaluations = parse_kind_paths(args.evaluation, "--evaluation")
     dataset = Dataset.load(args.dataset)
     with tempfile.TemporaryDirectory() as workdir:
         champion = None

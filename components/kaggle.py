@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from components.data import DataError, load_kaggle_csv, sha256_file
+from components.data import DataError, load_kaggle_csv, read_lines, sha256_file
 from components.stem import NUM_CLASSES
 
 COMPETITION = "digit-recognizer"
@@ -118,13 +118,8 @@ def validate_submission(path: Path, *, expected_rows: int | None = EXPECTED_ROWS
     labels 0..9, and ``expected_rows`` rows (``None`` allows any N >= 1).
     """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from error
-    if not lines:
-        raise DataError(f"{path}: empty file")
-    header = lines[0].strip().lstrip("\ufeff")
+    lines = read_lines(path)
+    header = lines[0].strip()
     if header != SUBMISSION_HEADER:
         raise DataError(f"{path}: line 1: header must be {SUBMISSION_HEADER!r}, got {header!r}")
     labels = np.empty(len(lines) - 1, dtype=np.int64)

@@ -69,19 +69,10 @@ def train_cnn(
     seed: int = 0,
 ):
     """Train the Keras CNN."""
-    import json
+    from components.train import run_for_kfp
 
-    from components.train import main
-
-    params = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-              "seed": seed}
-    main(["--kind", "cnn", "--dataset", dataset.path, "--output", model.path]
-         + [f"--param={k}={json.dumps(v)}" for k, v in params.items()])
-    with open(f"{model.path}/model.json") as handle:
-        info = json.load(handle)
-    model.metadata.update(kind="cnn", validation_accuracy=info["validation_accuracy"])
-    metrics.log_metric("validation_accuracy", info["validation_accuracy"])
-    metrics.log_metric("train_seconds", info["train_seconds"])
+    run_for_kfp("cnn", dataset.path, model, metrics, epochs=epochs, batch_size=batch_size,
+                learning_rate=learning_rate, seed=seed)
 
 
 @component
@@ -95,19 +86,10 @@ def train_xgboost(
     seed: int = 0,
 ):
     """Train the XGBoost (hist) model."""
-    import json
+    from components.train import run_for_kfp
 
-    from components.train import main
-
-    params = {"n_estimators": rounds, "max_depth": max_depth, "learning_rate": learning_rate,
-              "seed": seed}
-    main(["--kind", "xgboost", "--dataset", dataset.path, "--output", model.path]
-         + [f"--param={k}={json.dumps(v)}" for k, v in params.items()])
-    with open(f"{model.path}/model.json") as handle:
-        info = json.load(handle)
-    model.metadata.update(kind="xgboost", validation_accuracy=info["validation_accuracy"])
-    metrics.log_metric("validation_accuracy", info["validation_accuracy"])
-    metrics.log_metric("train_seconds", info["train_seconds"])
+    run_for_kfp("xgboost", dataset.path, model, metrics, n_estimators=rounds,
+                max_depth=max_depth, learning_rate=learning_rate, seed=seed)
 
 
 @component
@@ -119,17 +101,9 @@ def train_baseline(
     seed: int = 0,
 ):
     """Train the scikit-learn logistic-regression baseline."""
-    import json
+    from components.train import run_for_kfp
 
-    from components.train import main
-
-    main(["--kind", "baseline", "--dataset", dataset.path, "--output", model.path,
-          f"--param=max_iter={max_iter}", f"--param=seed={seed}"])
-    with open(f"{model.path}/model.json") as handle:
-        info = json.load(handle)
-    model.metadata.update(kind="baseline", validation_accuracy=info["validation_accuracy"])
-    metrics.log_metric("validation_accuracy", info["validation_accuracy"])
-    metrics.log_metric("train_seconds", info["train_seconds"])
+    run_for_kfp("baseline", dataset.path, model, metrics, max_iter=max_iter, seed=seed)
 
 
 @component

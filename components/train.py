@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from components.data import Dataset
-from components.models import MODEL_KINDS, DigitModel, create_model
+from components.models import MODEL_KINDS, DigitModel, create_model, read_info
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,21 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--param expects KEY=VALUE, got {pair!r}")
         params[key] = json.loads(value)
     return params
+
+
+def run_for_kfp(kind: str, dataset_path: str, model_artifact, metrics_artifact,
+                **params: Any) -> None:
+    """What every train component does: run the CLI, then label its KFP artifacts.
+
+    The model's kind and validation accuracy go on the ``Model`` artifact and
+    the headline numbers into ``Metrics``, so the dashboard can compare runs.
+    """
+    main(["--kind", kind, "--dataset", dataset_path, "--output", model_artifact.path]
+         + [f"--param={key}={json.dumps(value)}" for key, value in params.items()])
+    info = read_info(model_artifact.path)
+    model_artifact.metadata.update(kind=kind, validation_accuracy=info["validation_accuracy"])
+    metrics_artifact.log_metric("validation_accuracy", info["validation_accuracy"])
+    metrics_artifact.log_metric("train_seconds", info["train_seconds"])
 
 
 def main(argv: list[str] | None = None) -> int:

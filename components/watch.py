@@ -16,21 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.gate import CHAMPION_DIR, DECISION_FILE, EVALUATION_DIR
+from components.gate import CHAMPION_DIR, DECISION_FILE, EVALUATION_DIR, parse_kind_paths
 from components.report import ModelEvaluation, summary_table, write_report
 
 #: Where the pipeline's deploy step files the gate's evidence inside a version.
 GATE_DIR = "gate"
-
-
-def _pairs(values: list[str]) -> dict[str, Path]:
-    out = {}
-    for value in values:
-        kind, sep, path = value.partition("=")
-        if not sep:
-            raise SystemExit(f"--evaluation expects KIND=PATH, got {value!r}")
-        out[kind] = Path(path)
-    return out
 
 
 def render_run(decision_dir: Path, evaluations: dict[str, Path], output: Path,
@@ -71,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluation", action="append", default=[], metavar="KIND=EVAL_DIR")
     args = p.parse_args(argv)
     if args.decision:
-        html, table = render_run(args.decision, _pairs(args.evaluation),
+        html, table = render_run(args.decision, parse_kind_paths(args.evaluation, "--evaluation"),
                                  args.output or Path("report"))
     elif args.version:
         from components.registry import Registry, RegistryError
