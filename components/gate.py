@@ -135,10 +135,10 @@ def run_gate(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[st
                                        extra={"version": version})
     result = decide(dataset.y_holdout, scored[kind].y_pred,
                     None if champion_eval is None else champion_eval.y_pred, policy)
-    info = read_info(candidates[kind])
+    infos = {k: read_info(path) for k, path in candidates.items()}
     result["challenger"].update(
         kind=kind, metrics=scored[kind].metrics,
-        **{key: info.get(key) for key in ("validation_accuracy", "train_seconds", "params")},
+        **{key: infos[kind].get(key) for key in ("validation_accuracy", "train_seconds", "params")},
     )
     if champion_eval is not None:
         result["champion"].update(version=champion_eval.info["version"],
@@ -146,12 +146,12 @@ def run_gate(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[st
                                   metrics=champion_eval.metrics)
     result["candidates"] = {
         k: {
-            "validation_accuracy": read_info(path)["validation_accuracy"],
-            "train_seconds": read_info(path).get("train_seconds"),
+            "validation_accuracy": info["validation_accuracy"],
+            "train_seconds": info.get("train_seconds"),
             "holdout_accuracy": scored[k].metrics["accuracy"] if k in scored else None,
             "metrics": scored[k].metrics if k in scored else None,
         }
-        for k, path in candidates.items()
+        for k, info in infos.items()
     }
     log.info("gate: %s %s — %s", result["decision"], kind, result["reason"])
     return result, champion_eval
