@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,24 @@ def run_cli(*args: str, env: dict[str, str]) -> dict:
     return json.loads(result.stdout)
 
 
+def assert_dashboard_outputs(run_dir: Path, report: Path) -> None:
+    """What the KFP dashboard shows: metrics, confusion matrix and ROC, the HTML report."""
+    evaluations = sorted(run_dir.glob("evaluate*/executor_output.json"))
+    assert len(evaluations) == 3
+    for path in evaluations:
+        artifacts = json.loads(path.read_text())["artifacts"]
+        scalars = artifacts["metrics"]["artifacts"][0]["metadata"]
+        assert 0.5 < scalars["accuracy"] <= 1
+        curves = artifacts["classification"]["artifacts"][0]["metadata"]
+        assert len(curves["confusionMatrix"]["rows"]) == 10
+        assert 2 <= len(curves["confidenceMetrics"]) <= 200
+    html = report.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "https://" not in html
+    assert all(f'id="{section}"' in html for section in ("summary", "gate", "comparison"))
+    markdown = next(run_dir.glob("report/summary"))
+    assert "Gate: promote" in markdown.read_text()
+
+
 def test_quick_run_twice_promotes_then_refuses_a_weaker_model(tmp_path, mnist_dir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
     env.update(DIGITS_HOME=str(tmp_path / "home"), DIGITS_MNIST_DIR=str(mnist_dir))
@@ -31,6 +50,7 @@ def test_quick_run_twice_promotes_then_refuses_a_weaker_model(tmp_path, mnist_di
         assert 0.5 < row["holdout_accuracy"] <= 1 and row["train_seconds"] > 0
     assert first["gate"]["decision"] == "promote" and first["gate"]["champion"] is None
     assert first["production"] == first["version"]
+    assert_dashboard_outputs(Path(first["decision_report"]).parents[1], Path(first["report"]))
 
     weaker = run_cli("--train-size", "200", "--models", "xgboost,baseline", env=env)
     assert weaker["gate"]["decision"] == "reject"
