@@ -1,7 +1,7 @@
-"""``digits``: one command for every stage, the local pipeline, the registry and serving.
+"""digits: one command for every stage, the local pipeline, the registry and serving.
 
-Subcommands import what they need when they run, so ``digits --help`` is
-instant and ``digits registry list`` never loads TensorFlow.
+Subcommands import what they need when they run, so `digits --help` is
+instant and `digits registry list` never loads TensorFlow.
 """
 
 from __future__ import annotations
