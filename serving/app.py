@@ -81,10 +81,14 @@ class Server:
             self._openapi = protocol.dumps(openapi_spec(_package_version()))
         return self._openapi
 
-    def resolve(self, name: str, version: str | None = None) -> LoadedModel:
-        """The model a request will use, taken once, at its start."""
+    def check_name(self, name: str) -> None:
+        """404 for any model name but ours."""
         if name != self.model.name:
             raise ApiError(404, f"unknown model {name!r}; this server serves {self.model.name!r}")
+
+    def resolve(self, name: str, version: str | None = None) -> LoadedModel:
+        """The model a request will use, taken once, at its start."""
+        self.check_name(name)
         loaded = self.model.current
         if loaded is None:
             raise ModelNotReady(f"model {name!r} is not ready: no version loaded yet")
@@ -217,8 +221,7 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     @app.get("/v2/models/<name>")
     @app.get("/v2/models/<name>/versions/<version>")
     def model_metadata(name: str, version: str | None = None) -> Response:
-        if name != model.name:
-            raise ApiError(404, f"unknown model {name!r}; this server serves {model.name!r}")
+        server.check_name(name)
         loaded = model.current
         if version is not None:
             loaded = server.resolve(name, version)
@@ -227,8 +230,7 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     @app.get("/v2/models/<name>/ready")
     @app.get("/v2/models/<name>/versions/<version>/ready")
     def model_ready(name: str, version: str | None = None) -> Response:
-        if name != model.name:
-            raise ApiError(404, f"unknown model {name!r}; this server serves {model.name!r}")
+        server.check_name(name)
         loaded = model.current
         is_ready = loaded is not None and version in (None, loaded.version)
         return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
@@ -251,8 +253,7 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
 
     @app.get("/v1/models/<name>")
     def v1_status(name: str) -> Response:
-        if name != model.name:
-            raise ApiError(404, f"unknown model {name!r}; this server serves {model.name!r}")
+        server.check_name(name)
         is_ready = model.ready
         return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
