@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,13 +139,6 @@ class Registry:
             response.close()
             response.release_conn()
 
-    def _prefix(self, version: str) -> str:
-        """Where a version lives (``versions/`` or ``failed/``); error if nowhere."""
-        for status in STATUSES:
-            if self.read(f"{status}/{version}/{METADATA}") is not None:
-                return f"{status}/{version}"
-        raise RegistryError(f"no version {version!r} in the registry")
-
     # ------------------------------------------------------------------ writing
 
     def publish(self, model_dir: Path, metadata: dict[str, Any], *, status: str = VERSIONS,
@@ -154,6 +148,11 @@ class Registry:
         ``metadata.json`` goes up after every file it describes, so a version
         with metadata is a complete version. Publishing never touches the pointer.
         """
+        return self._publish(model_dir, metadata, status, version)[0]
+
+    def _publish(self, model_dir: Path, metadata: dict[str, Any], status: str,
+                 version: str | None) -> tuple[str, bytes]:
+        """:meth:`publish`, also returning the exact ``metadata.json`` bytes written."""
         if status not in STATUSES:
             raise RegistryError(f"status must be one of {STATUSES}, got {status!r}")
         model_dir = Path(model_dir)
@@ -170,45 +169,51 @@ class Registry:
             self._put(f"{status}/{version}/{rel}", data)
         record = {**metadata, "version": version, "status": status,
                   "created_at": metadata.get("created_at", utcnow()), "files": manifest}
-        self._put(f"{status}/{version}/{METADATA}", json.dumps(record, indent=2).encode(),
-                  "application/json")
+        raw = json.dumps(record, indent=2).encode()
+        self._put(f"{status}/{version}/{METADATA}", raw, "application/json")
         self.verify(version)
         log.info("published %s/%s (%d files)", status, version, len(manifest))
-        return version
+        return version, raw
 
     def verify(self, version: str) -> dict[str, Any]:
         """Read every file of a version back and check its sha256; return the metadata."""
-        metadata = self.metadata(version)
-        prefix = f"{metadata['status']}/{version}"
-        for rel, expected in metadata["files"].items():
-            data = self.read(f"{prefix}/{rel}")
-            if data is None:
-                raise RegistryError(f"{version}: file {rel} is missing")
-            if sha256_bytes(data) != expected["sha256"]:
-                raise RegistryError(f"{version}: file {rel} fails its sha256 check")
+        metadata, _ = self._metadata(version)
+        self._verify_files(metadata)
         return metadata
 
-    def set_production(self, version: str, reason: str) -> Pointer:
-        """Point production at a verified version under ``versions/``; keep the history."""
-        metadata = self.verify(version)
-        if metadata["status"] != VERSIONS:
-            raise RegistryError(f"{version} was rejected by the gate (it is under failed/)")
-        raw = self.read(f"{VERSIONS}/{version}/{METADATA}")
-        current = self.production()
-        history = []
-        if current is not None:
-            history = [{"version": current.version, "updated_at": current.updated_at,
-                        "reason": current.reason}, *current.history]
-        pointer = Pointer(version, sha256_bytes(raw), utcnow(), reason, history)
+    def _verify_files(self, metadata: dict[str, Any]) -> None:
+        for _ in self._checked_files(metadata):
+            pass
+
+    def _point(self, version: str, metadata_raw: bytes, reason: str,
+               history: list[dict[str, str]]) -> Pointer:
+        """Replace the pointer: one single-object PUT, the last step of every change."""
+        pointer = Pointer(version, sha256_bytes(metadata_raw), utcnow(), reason, history)
         self._put(POINTER, pointer.to_json(), "application/json")
         log.info("production -> %s (%s)", version, reason)
         return pointer
 
+    def _history_after(self) -> list[dict[str, str]]:
+        """The history a new pointer carries: the current one first, then its own."""
+        current = self.production()
+        if current is None:
+            return []
+        return [{"version": current.version, "updated_at": current.updated_at,
+                 "reason": current.reason}, *current.history]
+
+    def set_production(self, version: str, reason: str) -> Pointer:
+        """Point production at a verified version under ``versions/``; keep the history."""
+        metadata, raw = self._metadata(version)
+        if metadata["status"] != VERSIONS:
+            raise RegistryError(f"{version} was rejected by the gate (it is under failed/)")
+        self._verify_files(metadata)
+        return self._point(version, raw, reason, self._history_after())
+
     def promote(self, model_dir: Path, metadata: dict[str, Any], reason: str,
                 version: str | None = None) -> str:
         """Publish under ``versions/`` and, once verified, move the pointer to it."""
-        version = self.publish(model_dir, metadata, status=VERSIONS, version=version)
-        self.set_production(version, reason)
+        version, raw = self._publish(model_dir, metadata, VERSIONS, version)
+        self._point(version, raw, reason, self._history_after())
         return version
 
     def rollback(self, reason: str = "rollback") -> Pointer:
@@ -217,12 +222,10 @@ class Registry:
         if current is None or not current.history:
             raise RegistryError("nothing to roll back to: production has no earlier version")
         previous = current.history[0]["version"]
-        self.verify(previous)
-        raw = self.read(f"{VERSIONS}/{previous}/{METADATA}")
-        pointer = Pointer(previous, sha256_bytes(raw), utcnow(),
-                          f"{reason} (from {current.version})", current.history[1:])
-        self._put(POINTER, pointer.to_json(), "application/json")
-        return pointer
+        metadata, raw = self._metadata(previous)
+        self._verify_files(metadata)
+        return self._point(previous, raw, f"{reason} (from {current.version})",
+                           current.history[1:])
 
     # ------------------------------------------------------------------ reading
 
@@ -236,11 +239,27 @@ class Registry:
             raise RegistryError(f"{POINTER} is unreadable ({error})") from error
 
     def metadata(self, version: str) -> dict[str, Any]:
+        return self._metadata(version)[0]
+
+    def _metadata(self, version: str) -> tuple[dict[str, Any], bytes]:
+        """A version's metadata and its exact bytes (what the pointer's sha256 covers)."""
         for status in STATUSES:
             raw = self.read(f"{status}/{version}/{METADATA}")
             if raw is not None:
-                return json.loads(raw)
+                return json.loads(raw), raw
         raise RegistryError(f"no version {version!r} in the registry")
+
+    def _checked_files(self, metadata: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+        """Each file of a version as ``(relative path, bytes)``, its sha256 checked first."""
+        version = metadata["version"]
+        prefix = f"{metadata['status']}/{version}"
+        for rel, expected in metadata["files"].items():
+            data = self.read(f"{prefix}/{rel}")
+            if data is None:
+                raise RegistryError(f"{version}: file {rel} is missing")
+            if sha256_bytes(data) != expected["sha256"]:
+                raise RegistryError(f"{version}: file {rel} fails its sha256 check")
+            yield rel, data
 
     def list(self) -> list[dict[str, Any]]:
         """Every version, newest first, with its status and headline numbers."""
@@ -271,15 +290,11 @@ class Registry:
         all checks pass, so a caller never sees a half-downloaded model.
         """
         metadata = self.metadata(version)
-        prefix = f"{metadata['status']}/{version}"
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".download-"))
         try:
-            for rel, expected in metadata["files"].items():
-                data = self.read(f"{prefix}/{rel}")
-                if data is None or sha256_bytes(data) != expected["sha256"]:
-                    raise RegistryError(f"{version}: file {rel} is missing or fails its sha256")
+            for rel, data in self._checked_files(metadata):
                 target = staging / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
