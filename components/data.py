@@ -8,6 +8,7 @@ can always be traced back to the exact bytes it learned from.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -201,6 +202,27 @@ def read_lines(path: Path) -> list[str]:
     if not lines:
         raise DataError(f"{path}: empty file")
     return lines
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and ``os.replace``.
+
+    A crash (or a kill of the Job) mid-write leaves either the old file or
+    none, never a truncated submission that would still upload and score badly.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def load_kaggle_csv(path: Path, *, labelled: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from components.data import DataError, load_kaggle_csv, read_lines, sha256_file
+from components.data import (
+    DataError,
+    load_kaggle_csv,
+    read_lines,
+    sha256_file,
+    write_atomically,
+)
 from components.stem import NUM_CLASSES
 
 COMPETITION = "digit-recognizer"
@@ -57,27 +63,6 @@ class CredentialsError(KaggleError):
 def _label_counts(labels: np.ndarray) -> dict[str, int]:
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_CLASSES)
     return {str(digit): int(count) for digit, count in enumerate(counts)}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace``.
-
-    A crash (or a kill of the Job) mid-write leaves either the old file or
-    none, never a truncated submission that would still upload and score badly.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def predict_submission(model, test_csv: Path, output: Path, *,

@@ -22,7 +22,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.data import write_atomically
 from components.metrics import (
     DIGITS,
     LABELS,
@@ -1208,9 +1208,7 @@ def write_report(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in ((METRICS_FILE, data), (REPORT_FILE, page)):
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, directory / name)
+        write_atomically(directory / name, text)
     return directory / REPORT_FILE
 
 
