@@ -11,15 +11,21 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup run quick test lint pipeline images serve bench clean
+.PHONY: setup lock run quick test lint pipeline images serve bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs exactly what requirements-dev.lock pins (every file checked against its
+# sha256), then the project itself without touching the pinned set.
+$(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+lock: setup  ## refresh requirements*.lock from pyproject.toml on purpose (review, then commit)
+	UV=$(BIN)/uv scripts/lock.sh
 
 run: setup  ## the full pipeline: CNN, XGBoost and baseline on all of MNIST, gate, deploy
 	$(BIN)/digits run

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from components.argparsing import HelpFormatter, fraction, plain, positive_int
+
 STAGES = {
     "ingest": "components.ingest",
     "train": "components.train",
@@ -37,36 +39,50 @@ def _models(value: str) -> list[str]:
     return models
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return number
-
-
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="run the training pipeline locally (kfp.local)")
+    from pipelines.local import QUICK_ARGUMENTS
+    from pipelines.training import pipeline_defaults
+
+    defaults = pipeline_defaults()
+
+    def default(name: str) -> str:
+        quick = QUICK_ARGUMENTS.get(name)
+        return f" (default: {defaults[name]}" + (f"; --quick: {quick})" if quick else ")")
+
+    p = sub.add_parser("run", help="run the training pipeline locally (kfp.local)",
+                       description="Run the training pipeline on this machine: ingest, train "
+                       "each model, evaluate, gate against production, report, deploy.",
+                       formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="3,000 training digits, 3 epochs, 20 rounds: a smoke run")
+                   help="a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK_ARGUMENTS.items()))
     p.add_argument("--models", type=_models, default=None,
                    help="comma-separated subset of cnn,xgboost,baseline (default: all)")
-    p.add_argument("--source", choices=["mnist", "kaggle-csv"], default="mnist")
-    p.add_argument("--mnist-dir", type=Path, help="MNIST IDX directory (else DIGITS_MNIST_DIR)")
+    p.add_argument("--source", choices=["mnist", "kaggle-csv"], default="mnist",
+                   help="where the digits come from")
+    p.add_argument("--mnist-dir", type=Path,
+                   help="MNIST IDX directory (default: DIGITS_MNIST_DIR, else the cache, "
+                   "else a checksum-verified download)")
     p.add_argument("--csv", type=Path, help="Kaggle train.csv (with --source kaggle-csv)")
-    p.add_argument("--train-size", type=_positive, help="training digits (stratified subsample)")
-    p.add_argument("--epochs", type=_positive, help="CNN epochs")
-    p.add_argument("--rounds", type=_positive, help="XGBoost boosting rounds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-accuracy", type=float, help="gate: absolute accuracy floor")
-    p.add_argument("--min-improvement", type=float, help="gate: required accuracy gain")
-    p.add_argument("--alpha", type=float, help="gate: McNemar significance level")
-    p.add_argument("--max-class-regression", type=float,
-                   help="gate: largest allowed per-class recall drop")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--train-size", type=positive_int,
+                   help="training digits, a stratified subsample (default: all"
+                   + (f"; --quick: {QUICK_ARGUMENTS['train_size']})"))
+    p.add_argument("--epochs", type=positive_int, help="CNN epochs" + default("epochs"))
+    p.add_argument("--xgb-rounds", type=positive_int,
+                   help="XGBoost boosting rounds" + default("xgb_rounds"))
+    p.add_argument("--seed", type=int, default=defaults["seed"],
+                   help="seeds the splits and every model")
+    for name, text in (("min_accuracy", "gate: absolute holdout-accuracy floor"),
+                       ("min_improvement", "gate: required accuracy gain over production"),
+                       ("alpha", "gate: McNemar significance level"),
+                       ("max_class_regression", "gate: largest allowed per-digit recall drop")):
+        p.add_argument(f"--{name.replace('_', '-')}", type=fraction, help=text + default(name))
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--verbose", action="store_true",
+                   help="stream every task's full output (always kept in the run's logs/)")
 
 
 def _run(args) -> int:
-    from pipelines.local import QUICK_ARGUMENTS, format_summary, run_pipeline, stdout_to_stderr
+    from pipelines.local import QUICK_ARGUMENTS, format_summary, run_pipeline
     from pipelines.training import MODEL_FAMILIES
 
     arguments = dict(QUICK_ARGUMENTS) if args.quick else {}
@@ -74,14 +90,12 @@ def _run(args) -> int:
         "source": args.source, "seed": args.seed,
         "mnist_dir": str(args.mnist_dir.resolve()) if args.mnist_dir else None,
         "csv_path": str(args.csv.resolve()) if args.csv else None,
-        "train_size": args.train_size, "epochs": args.epochs, "xgb_rounds": args.rounds,
+        "train_size": args.train_size, "epochs": args.epochs, "xgb_rounds": args.xgb_rounds,
         "min_accuracy": args.min_accuracy, "min_improvement": args.min_improvement,
         "alpha": args.alpha, "max_class_regression": args.max_class_regression,
     }
     arguments.update({k: v for k, v in explicit.items() if v is not None})
-    # Task logs go to stderr so stdout carries only the result.
-    with stdout_to_stderr():
-        summary = run_pipeline(arguments, args.models or MODEL_FAMILIES)
+    summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
@@ -111,7 +125,7 @@ def _registry(args) -> int:
         if args.verb == "list":
             result = registry.list()
         elif args.verb == "show":
-            result = registry.metadata(args.version)
+            result = registry.describe(args.version)
         elif args.verb == "promote":
             result = registry.set_production(args.version, args.reason).__dict__
         else:
@@ -119,17 +133,67 @@ def _registry(args) -> int:
     if args.json:
         print(json.dumps(result, indent=None if args.verb == "list" else 2))
     elif args.verb == "list":
-        print(f"{'version':<40}{'status':<10}{'kind':<10}{'holdout':>8}  production")
-        for row in result:
-            acc = "" if row["holdout_accuracy"] is None else f"{row['holdout_accuracy']:.4f}"
-            star = "*" if row["production"] else ""
-            kind = row["kind"] or "?"
-            print(f"{row['version']:<40}{row['status']:<10}{kind:<10}{acc:>8}  {star}")
+        print(format_versions(result))
     elif args.verb == "show":
-        print(json.dumps(result, indent=2))
+        print(format_version(result))
     else:
         print(f"production -> {result['version']} ({result['reason']})")
     return 0
+
+
+def _when(timestamp: str | None) -> str:
+    """``2026-11-30T06:44:54.231Z`` → ``2026-11-30 06:44`` (UTC, minutes are enough here)."""
+    return (timestamp or "?")[:16].replace("T", " ")
+
+
+def format_versions(rows: list[dict]) -> str:
+    """``registry list`` for people: newest first, production marked with ``*``."""
+    if not rows:
+        return "no versions yet: `digits run` trains and registers the first"
+    width = max(len(row["version"]) for row in rows)
+    lines = [f"  {'version':<{width}}  {'status':<10}  {'kind':<8}  {'holdout':>7}  "
+             "created (UTC)"]
+    for row in rows:
+        accuracy = "" if row["holdout_accuracy"] is None else f"{row['holdout_accuracy']:.2%}"
+        lines.append(f"{'*' if row['production'] else ' '} {row['version']:<{width}}  "
+                     f"{row['status']:<10}  {row['kind'] or '?':<8}  {accuracy:>7}  "
+                     f"{_when(row['created_at'])}")
+    return "\n".join(lines)
+
+
+def format_version(meta: dict) -> str:
+    """``registry show`` for people: the model, its numbers, the gate, the data, the files."""
+    metrics = meta.get("metrics") or {}
+    ci = metrics.get("accuracy_ci") or {}
+    macro = (metrics.get("macro_avg") or {}).get("f1")
+    gate = meta.get("gate") or {}
+    data = meta.get("dataset") or {}
+    sizes = data.get("sizes") or {}
+    files = meta.get("files") or {}
+    total = sum(entry.get("bytes", 0) for entry in files.values())
+    params = " ".join(f"{k}={v}" for k, v in (meta.get("params") or {}).items())
+    figures = [f"accuracy {metrics['accuracy']:.2%}" if "accuracy" in metrics else None,
+               f"95% CI [{ci['low']:.2%}, {ci['high']:.2%}]" if {"low", "high"} <= set(ci)
+               else None,
+               f"macro F1 {macro:.4f}" if macro is not None else None,
+               f"log loss {metrics['log_loss']:.4f}" if "log_loss" in metrics else None,
+               f"on {metrics['n']:,} digits" if "n" in metrics else None]
+    rows = [
+        ("version", f"{meta['version']} ({meta['status']})"),
+        ("model", f"{meta.get('kind', '?')}  {params}"),
+        ("created", f"{_when(meta.get('created_at'))} UTC, code {meta.get('code_version', '?')}"),
+        ("holdout", ", ".join(f for f in figures if f)),
+        ("gate", f"{gate.get('decision', '?')}: {gate.get('reason', '')}"),
+        ("champion", meta.get("champion_version") or "none (first model)"),
+        ("data", f"{data.get('source', '?')} from {data.get('location', '?')}; "
+                 + " / ".join(f"{n:,} {split}" for split, n in sizes.items())
+                 + f"; seed {data.get('seed', '?')}"),
+        ("holdout sha256", data.get("holdout_sha256", "?")),
+        ("files", f"{len(files)} ({total / 1e6:.1f} MB): " + ", ".join(sorted(files))),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows) + (
+        "\n(full metadata: --json)")
 
 
 def _compile(args) -> int:
@@ -140,7 +204,8 @@ def _compile(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digits", description=__doc__)
+    parser = argparse.ArgumentParser(prog="digits", description=plain(__doc__),
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_registry(sub)
@@ -180,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one clear line for users; tracebacks are for bugs
         from components.data import DataError
         from components.registry import RegistryError
+        from pipelines.local import RunFailed
 
+        if isinstance(error, RunFailed):
+            print(f"digits {args.command}: {error}", file=sys.stderr)
+            return error.exit_code
         if isinstance(error, (DataError, RegistryError, ValueError)):
             print(f"digits {args.command}: {error}", file=sys.stderr)
             return 2

@@ -7,7 +7,6 @@ one goes to ``failed/`` with the evidence, so nothing a run learned is lost.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components import __version__
+from components.argparsing import make_parser
 from components.gate import DECISION_FILE, EVALUATION_DIR, PROMOTE
 from components.models import read_info
 from components.registry import FAILED, Registry, utcnow
@@ -89,7 +89,7 @@ def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="digits deploy", description=__doc__)
+    p = make_parser("digits deploy", __doc__)
     p.add_argument("--challenger", type=Path, required=True, help="model directory from the gate")
     p.add_argument("--decision", type=Path, required=True, help="the gate's decision directory")
     p.add_argument("--report", type=Path, help="the run's report.html, stored with the version")

@@ -7,10 +7,10 @@ gate, the report and ``digits report`` reuse them instead of predicting again.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from components.argparsing import make_parser
 from components.data import Dataset
 from components.metrics import compute_metrics, directory_size_bytes, timed_predict
 from components.models import DigitModel, load_model, read_info
@@ -45,7 +45,7 @@ def evaluate_saved(model_dir: Path, dataset: Dataset, *, name: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="digits evaluate", description=__doc__)
+    p = make_parser("digits evaluate", __doc__)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--model", type=Path, required=True, help="model directory")
     p.add_argument("--output", type=Path, required=True, help="evaluation directory to write")

@@ -9,7 +9,6 @@ evidence, so anyone can see why.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from components.argparsing import make_parser
 from components.data import Dataset
 from components.evaluate import evaluate_saved
 from components.metrics import mcnemar_test
@@ -179,7 +179,7 @@ def parse_kind_paths(values: list[str], flag: str) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="digits gate", description=__doc__)
+    p = make_parser("digits gate", __doc__)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--candidate", action="append", default=[], metavar="KIND=MODEL_DIR")
     p.add_argument("--evaluation", action="append", default=[], metavar="KIND=EVAL_DIR")

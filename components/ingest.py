@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from components.argparsing import make_parser
 from components.data import DataError, ingest
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="digits ingest", description=__doc__)
+    p = make_parser("digits ingest", __doc__)
     p.add_argument("--source", choices=["mnist", "kaggle-csv"], default="mnist")
     p.add_argument("--mnist-dir", type=Path, help="MNIST IDX directory (else DIGITS_MNIST_DIR, "
                    "else the cache, else a checksum-verified download)")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from components.argparsing import HelpFormatter, make_parser
 from components.data import (
     DataError,
     load_kaggle_csv,
@@ -275,12 +276,12 @@ def submit(file: Path, message: str, competition: str = COMPETITION, *,
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="digits kaggle", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("digits kaggle", __doc__)
     verbs = p.add_subparsers(dest="verb", required=True)
-    predict = verbs.add_parser("predict", help="write a submission for test.csv")
-    run = verbs.add_parser("run", help="predict, then submit")
-    send = verbs.add_parser("submit", help="submit an existing submission file")
+    kinds = {"formatter_class": HelpFormatter}
+    predict = verbs.add_parser("predict", help="write a submission for test.csv", **kinds)
+    run = verbs.add_parser("run", help="predict, then submit", **kinds)
+    send = verbs.add_parser("submit", help="submit an existing submission file", **kinds)
     for v in (predict, run):
         v.add_argument("--test", type=Path, required=True, help="Kaggle's test.csv")
         v.add_argument("--output", type=Path, required=True, help="submission CSV to write")

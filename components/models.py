@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from components import progress
 from components.stem import IMAGE_SIDE, NUM_CLASSES, flatten, preprocess
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,14 @@ class CNN(DigitModel):
     def fit(self, x_train, y_train, x_val, y_val) -> None:
         import keras
 
+        epochs = self.params["epochs"]
+
+        class EpochProgress(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                accuracy = (logs or {}).get("val_accuracy")
+                detail = "" if accuracy is None else f"val_accuracy={accuracy:.4f}"
+                progress.progress("epoch", epoch + 1, epochs, detail)
+
         keras.utils.set_random_seed(self.params["seed"])
         self._model = self._build()
         self._model.compile(
@@ -126,9 +135,10 @@ class CNN(DigitModel):
         result = self._model.fit(
             preprocess(x_train), y_train,
             batch_size=self.params["batch_size"],
-            epochs=self.params["epochs"],
+            epochs=epochs,
             validation_data=(preprocess(x_val), y_val),
             verbose=2,  # one line per epoch: readable in KFP and CI logs
+            callbacks=[EpochProgress()],
         )
         self.history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
 
@@ -156,10 +166,11 @@ class XGBoost(DigitModel):
         "early_stopping_rounds": 20, "seed": 0, "n_jobs": 0,
     }
 
-    def _classifier(self):
+    def _classifier(self, callbacks: list | None = None):
         import xgboost
 
         return xgboost.XGBClassifier(
+            callbacks=callbacks,
             tree_method="hist",
             objective="multi:softprob",
             eval_metric=["mlogloss", "merror"],
@@ -172,7 +183,7 @@ class XGBoost(DigitModel):
         )
 
     def fit(self, x_train, y_train, x_val, y_val) -> None:
-        self._model = self._classifier()
+        self._model = self._classifier(callbacks=[_round_progress(self.params["n_estimators"])])
         self._model.fit(
             flatten(x_train), y_train,
             eval_set=[(flatten(x_train), y_train), (flatten(x_val), y_val)],
@@ -210,6 +221,20 @@ class XGBoost(DigitModel):
         self._model = self._classifier()
         self._model.load_model(path)
         self._bind()
+
+
+def _round_progress(total: int):
+    """An XGBoost callback reporting each boosting round and its validation error."""
+    import xgboost
+
+    class RoundProgress(xgboost.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            errors = evals_log.get("validation_1", {}).get("merror") or [None]
+            detail = "" if errors[-1] is None else f"val_error={errors[-1]:.4f}"
+            progress.progress("round", epoch + 1, total, detail)
+            return False  # never stop training from here
+
+    return RoundProgress()
 
 
 class Baseline(DigitModel):

@@ -39,23 +39,15 @@ def ingest(
     seed: int = 0,
 ):
     """Read MNIST or a Kaggle CSV; write train / validation / frozen holdout."""
-    import json
-    import os
+    from components.data import ingest as run_ingest
+    from components.progress import headline
 
-    from components.ingest import main
-
-    argv = ["--source", source, "--seed", str(seed), "--output", dataset.path]
-    for flag, value in (("--mnist-dir", mnist_dir), ("--csv", csv_path)):
-        if value:
-            argv += [flag, value]
-    for flag, value in (("--train-size", train_size), ("--holdout-size", holdout_size)):
-        if value > 0:
-            argv += [flag, str(value)]
-    if main(argv) != 0:
-        raise RuntimeError("ingest failed; the reason is logged above")
-    with open(os.path.join(dataset.path, "manifest.json")) as handle:
-        manifest = json.load(handle)
-    dataset.metadata.update(source=manifest["source"], seed=seed, **manifest["sizes"])
+    data = run_ingest(source, seed=seed, mnist_dir=mnist_dir or None, csv_path=csv_path or None,
+                      train_size=train_size or None, holdout_size=holdout_size or None)
+    data.save(dataset.path)
+    sizes = data.manifest["sizes"]
+    dataset.metadata.update(source=data.manifest["source"], seed=seed, **sizes)
+    headline(" / ".join(f"{count:,} {split}" for split, count in sizes.items()))
 
 
 @component
@@ -117,10 +109,12 @@ def evaluate(
     """Score one model on the frozen holdout; feed the KFP dashboard."""
     from components.evaluate import main
     from components.metrics import kfp_classification_inputs, summary_scalars
+    from components.progress import headline
     from components.report import ModelEvaluation
 
     main(["--dataset", dataset.path, "--model", model.path, "--output", evaluation.path])
     scored = ModelEvaluation.load(evaluation.path)
+    headline(f"holdout accuracy {scored.metrics['accuracy']:.4f}")
     for name, value in summary_scalars(scored.metrics).items():
         metrics.log_metric(name, value)
     curves = kfp_classification_inputs(scored.y_true, scored.proba)
@@ -149,6 +143,7 @@ def gate(
     from collections import namedtuple
 
     from components.gate import main
+    from components.progress import headline
 
     argv = ["--dataset", dataset.path, "--challenger-output", challenger.path,
             "--decision-output", decision_report.path,
@@ -166,6 +161,7 @@ def gate(
     kind = result["challenger"]["kind"]
     challenger.metadata.update(kind=kind, decision=result["decision"])
     decision_report.metadata.update(decision=result["decision"], reason=result["reason"])
+    headline(f"{result['decision']} {kind}")
     return namedtuple("GateOutputs", ["decision", "challenger_kind"])(result["decision"], kind)
 
 
@@ -215,14 +211,17 @@ def deploy(
 ) -> str:
     """Promote (``expect='promote'``) or archive (``'reject'``) the challenger; return JSON."""
     import io
+    import json
     from contextlib import redirect_stdout
 
     from components.deploy import main
+    from components.progress import headline
 
     out = io.StringIO()
     with redirect_stdout(out):
         main(["--challenger", challenger.path, "--decision", decision_report.path,
               "--dataset", dataset.path, "--report", report.path, "--expect", expect,
               "--run-id", run_id])
-    print(out.getvalue())
+    outcome = json.loads(out.getvalue())
+    headline(f"{outcome['status']} {outcome['version']}")
     return out.getvalue().strip()

@@ -61,6 +61,18 @@ def _files_under(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
+#: What each storage prefix is called when shown to people (see :meth:`Registry.list`).
+PRODUCTION, ARCHIVED, CANDIDATE, REJECTED = "production", "archived", "candidate", "rejected"
+
+
+def _status(location: str, production: bool, served_before: bool) -> str:
+    if location == FAILED:
+        return REJECTED
+    if production:
+        return PRODUCTION
+    return ARCHIVED if served_before else CANDIDATE
+
+
 @dataclass(frozen=True)
 class Pointer:
     """The production pointer as stored: the serving version and what came before."""
@@ -262,8 +274,14 @@ class Registry:
             yield rel, data
 
     def list(self) -> list[dict[str, Any]]:
-        """Every version, newest first, with its status and headline numbers."""
+        """Every version, newest first, with its status and headline numbers.
+
+        ``status`` is what a version is to people: ``production`` (serving now),
+        ``archived`` (served before), ``candidate`` (passed, never served) or
+        ``rejected`` (refused by the gate); ``location`` is its storage prefix.
+        """
         current = self.production()
+        served = {entry["version"] for entry in (current.history if current else [])}
         rows = []
         for status in STATUSES:
             for obj in self.client.list_objects(self.bucket, prefix=f"{status}/"):
@@ -272,16 +290,27 @@ class Registry:
                 if raw is None:  # an upload that never finished: not a version
                     continue
                 meta = json.loads(raw)
+                production = current is not None and current.version == version
                 rows.append({
                     "version": version,
-                    "status": status,
-                    "production": current is not None and current.version == version,
+                    "status": _status(status, production, version in served),
+                    "location": status,
+                    "production": production,
                     "kind": meta.get("kind"),
                     "holdout_accuracy": meta.get("metrics", {}).get("accuracy"),
                     "created_at": meta.get("created_at"),
                 })
         return sorted(rows, key=lambda row: (row["created_at"] or "", row["version"]),
                       reverse=True)
+
+    def describe(self, version: str) -> dict[str, Any]:
+        """A version's metadata with its status as :meth:`list` names it."""
+        metadata = self.metadata(version)
+        current = self.production()
+        production = current is not None and current.version == version
+        served = {entry["version"] for entry in (current.history if current else [])}
+        return {**metadata, "status": _status(metadata["status"], production, version in served),
+                "location": metadata["status"], "production": production}
 
     def download(self, version: str, destination: Path) -> dict[str, Any]:
         """Fetch a version into ``destination`` with every sha256 checked; return metadata.

@@ -6,7 +6,6 @@ same validation split, so the gate can pick the run's best model fairly.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from components import progress
+from components.argparsing import make_parser
 from components.data import Dataset
 from components.models import MODEL_KINDS, DigitModel, create_model, read_info
 
@@ -63,10 +64,12 @@ def run_for_kfp(kind: str, dataset_path: str, model_artifact, metrics_artifact,
     model_artifact.metadata.update(kind=kind, validation_accuracy=info["validation_accuracy"])
     metrics_artifact.log_metric("validation_accuracy", info["validation_accuracy"])
     metrics_artifact.log_metric("train_seconds", info["train_seconds"])
+    progress.headline(f"validation accuracy {info['validation_accuracy']:.4f} "
+                      f"in {info['train_seconds']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="digits train", description=__doc__)
+    p = make_parser("digits train", __doc__)
     p.add_argument("--kind", choices=sorted(MODEL_KINDS), required=True)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="model directory to write")

@@ -8,7 +8,6 @@ predictions stored with it, without the model or its framework.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -16,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.argparsing import make_parser
 from components.gate import CHAMPION_DIR, DECISION_FILE, EVALUATION_DIR, parse_kind_paths
 from components.report import ModelEvaluation, summary_table, write_report
 
@@ -50,8 +50,8 @@ def render_version(version_dir: Path, output: Path) -> tuple[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="digits report", description=__doc__,
+    p = make_parser(
+        "digits report", __doc__,
         epilog="Either VERSION (re-render from the registry) or --decision with "
                "--evaluation (the pipeline's report stage).")
     p.add_argument("version", nargs="?", help="registered version to re-render")

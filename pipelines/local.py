@@ -9,15 +9,18 @@ data under ``DIGITS_HOME`` so the registry persists between runs.
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from components.gate import DECISION_FILE
 from components.settings import Settings
+from pipelines.progress import SKIPPED, WAITING, LiveView, PlainView, TaskLogRouter
 from pipelines.training import MODEL_FAMILIES, build_pipeline
 
 #: ``--quick``: small data, three short epochs, few rounds — a smoke run in about a minute.
@@ -26,57 +29,165 @@ QUICK_ARGUMENTS: dict[str, Any] = {
     "min_accuracy": 0.85,
 }
 
-
 #: The headline metrics a run summary carries per model (the full set is in the report).
 SUMMARY_METRICS = ("n", "accuracy", "accuracy_ci", "top2_accuracy", "log_loss", "mcc", "ece",
                    "macro_avg", "performance")
+#: Errors a stage raises for input the user can fix (exit code 2); anything else is ours (1).
+USER_ERRORS = frozenset({"DataError", "ValueError", "FileNotFoundError", "NotADirectoryError",
+                         "PermissionError", "ArgumentTypeError"})
+#: Where runs that failed are moved, so ``runs/`` holds only runs that finished.
+FAILED_RUNS = "failed-runs"
+#: The order stages appear in the progress view.
+_STAGE_ORDER = ("ingest", "train", "evaluate", "gate", "report", "deploy", "archive")
+
+
+class RunFailed(RuntimeError):
+    """A run that could not finish: which stage, why in one line, and where its log is."""
+
+    def __init__(self, stage: str, reason: str, log: Path | None, user_error: bool) -> None:
+        self.stage, self.reason, self.log, self.user_error = stage, reason, log, user_error
+        where = f" (log: {log})" if log else ""
+        super().__init__(f"stage {stage} failed: {reason}{where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.user_error else 1
 
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
 
 
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to fd 1 (ours and the tasks') to stderr meanwhile.
+def task_labels(pipeline) -> dict[str, str]:
+    """kfp's task names → the names people read (``evaluate-2`` → ``evaluate-xgboost``).
 
-    ``digits run --json`` promises one JSON object on stdout; kfp.local and
-    the tasks it spawns log freely, so their output is moved aside.
+    In the order the stages run, from the compiled pipeline itself, conditions unfolded.
     """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
+    spec = pipeline.pipeline_spec
+    labels: dict[str, str] = {}
+
+    def walk(tasks) -> None:
+        for name, task in tasks.items():
+            ref = task.component_ref.name
+            if ref.startswith("comp-condition"):
+                walk(spec.components[ref].dag.tasks)
+            else:
+                labels[name] = task.task_info.name
+
+    walk(spec.root.dag.tasks)
+
+    def rank(item: tuple[str, str]) -> tuple[int, str]:
+        label = item[1]
+        return next((i for i, s in enumerate(_STAGE_ORDER) if label.startswith(s)), 99), label
+
+    return dict(sorted(labels.items(), key=rank))
+
+
+def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
+    """Refuse what would only fail minutes later, inside a stage."""
+    from components.data import MNIST_FILES, DataError
+
+    source = arguments.get("source", "mnist")
+    if source == "kaggle-csv":
+        csv = arguments.get("csv_path")
+        if not csv:
+            raise DataError("--source kaggle-csv needs --csv PATH (Kaggle's train.csv)")
+        if not Path(csv).is_file():
+            raise DataError(f"--csv {csv}: no such file")
+    elif source == "mnist":
+        given = arguments.get("mnist_dir")
+        directory = Path(given) if given else settings.mnist_dir
+        flag = "--mnist-dir" if given else "DIGITS_MNIST_DIR"
+        if directory is not None:
+            if not Path(directory).is_dir():
+                raise DataError(f"{flag} {directory}: no such directory")
+            missing = [n for n in MNIST_FILES if not (Path(directory) / n).is_file()]
+            if missing:
+                raise DataError(f"{flag} {directory}: missing {', '.join(missing)}")
+    else:
+        raise DataError(f"unknown source {source!r}; choose mnist or kaggle-csv")
+
+
+@contextlib.contextmanager
+def _captured(router: TaskLogRouter) -> Iterator[None]:
+    """Everything kfp.local and its tasks print goes through ``router``.
+
+    kfp.local's own logger writes to whatever ``sys.stdout`` is when a task
+    starts, and a task's output is printed by this process line by line, so
+    redirecting the Python streams catches all of it. Its warning that a
+    Python task runs outside its image is what the subprocess runner is for,
+    so it is recorded in the runner log rather than shown.
+    """
+    with contextlib.redirect_stdout(router), contextlib.redirect_stderr(router), \
+            warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *_a, **_k: router.write(
+            f"{category.__name__}: {message}\n")
+        try:
             yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        finally:
+            router.close()
 
 
 def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILIES,
-                 settings: Settings | None = None) -> dict[str, Any]:
-    """Execute the pipeline locally and return the run's summary."""
+                 settings: Settings | None = None, *, console: Any = None,
+                 verbose: bool = False) -> dict[str, Any]:
+    """Execute the pipeline locally and return the run's summary.
+
+    Progress goes to ``console`` (a :class:`rich.console.Console`, default: stderr),
+    live when it is a terminal and as plain lines otherwise; every task's log goes
+    to ``<home>/runs/<run>/logs/``. A failure raises :class:`RunFailed` and moves
+    the run's folder to ``<home>/failed-runs/``.
+    """
     from kfp import local
+    from rich.console import Console
 
     from components.registry import Registry
     from components.s3local import s3_environment
     from components.settings import get_settings
 
     settings = settings or get_settings()
+    check_arguments(arguments, settings)
+    console = console or Console(file=sys.stderr)  # the real one, before redirection
     run_id = arguments.get("run_id") or new_run_id()
-    pipeline_root = Path(settings.home).resolve() / "runs"
-    pipeline_root.mkdir(parents=True, exist_ok=True)
+    runs = Path(settings.home).resolve() / "runs"
+    run_dir = runs / run_id
+    run_dir.mkdir(parents=True)
+    pipeline = build_pipeline(models)
+    labels = task_labels(pipeline)
+    echo: IO[str] | None = sys.__stderr__ if verbose else None
     started = time.perf_counter()
-    with s3_environment(settings):
-        local.init(runner=local.SubprocessRunner(use_venv=False),
-                   pipeline_root=str(pipeline_root), raise_on_error=True)
-        task = build_pipeline(models)(**{**arguments, "run_id": run_id})
-        decision_dir = Path(task.outputs["decision_report"].path)
-        decision = json.loads((decision_dir / DECISION_FILE).read_text())
-        registry = Registry.from_settings(get_settings())
-        pointer = registry.production()
+    try:
+        if console.is_terminal and not verbose:
+            view_context: Any = LiveView(console, labels)
+        else:  # one branch of the gate's condition runs, not both
+            view_context = contextlib.nullcontext(PlainView(
+                lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False),
+                len(labels) - 1))
+        with view_context as view:
+            router = TaskLogRouter(run_dir / "logs", labels, view, echo=echo)
+            with s3_environment(settings):
+                try:
+                    with _captured(router):
+                        local.init(runner=local.SubprocessRunner(use_venv=False),
+                                   pipeline_root=str(run_dir), raise_on_error=True)
+                        task = pipeline(**{**arguments, "run_id": run_id})
+                except Exception as error:
+                    raise _failure(router, error) from error
+                decision_dir = Path(task.outputs["decision_report"].path)
+                decision = json.loads((decision_dir / DECISION_FILE).read_text())
+                pointer = Registry.from_settings(get_settings()).production()
+            for stage in router.stages.values():
+                if stage.state == WAITING:
+                    view.changed(stage, SKIPPED)
+    except BaseException as error:
+        moved = _set_aside(run_dir, runs.parent / FAILED_RUNS)
+        if isinstance(error, RunFailed) and error.log and moved:
+            raise RunFailed(error.stage, error.reason, moved / error.log.relative_to(run_dir),
+                            error.user_error) from error.__cause__
+        raise
+    report = run_dir / "report.html"
+    shutil.copyfile(task.outputs["report"].path, report)
     kind = decision["challenger"]["kind"]
     models = {
         name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS}}
@@ -95,8 +206,38 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         "version": f"{run_id}-{kind}",
         "production": pointer.version if pointer else None,
         "decision_report": str(decision_dir),
-        "report": task.outputs["report"].path,
+        "report": str(report),
+        "logs": str(run_dir / "logs"),
     }
+
+
+def _failure(router: TaskLogRouter, error: Exception) -> RunFailed:
+    """Name the stage that failed and its reason, from what the router saw."""
+    stage = router.failed_stage() or router.unclosed_stage()
+    if stage is None:
+        return RunFailed("pipeline", str(error).splitlines()[0] if str(error) else
+                         type(error).__name__, router.log_dir / "runner.log", False)
+    reason = stage.error or _last_line(stage.log) or "no reason given"
+    return RunFailed(stage.label, reason, stage.log, stage.error_type in USER_ERRORS)
+
+
+def _last_line(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
+             if line.strip() and "finished with status" not in line]
+    return lines[-1] if lines else ""
+
+
+def _set_aside(run_dir: Path, failed_runs: Path) -> Path | None:
+    """Move a run that did not finish out of ``runs/``; keep its logs for reading."""
+    if not run_dir.exists():
+        return None
+    failed_runs.mkdir(parents=True, exist_ok=True)
+    target = failed_runs / run_dir.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(run_dir), str(target))
+    return target
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -113,5 +254,6 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"(champion: {gate['champion'] or 'none'})",
               f"  {gate['reason']}",
               f"production: {summary['production'] or 'none'}",
-              f"report: {summary['report']}"]
+              f"report: {summary['report']}",
+              f"logs: {summary['logs']}"]
     return "\n".join(lines)

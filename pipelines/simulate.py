@@ -8,12 +8,12 @@ gate would have promoted a new champion along the way.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from components.argparsing import make_parser
 from pipelines.training import MODEL_FAMILIES
 
 DEFAULT_SIZES = (500, 2000, 8000)
@@ -89,7 +89,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="digits simulate", description=__doc__)
+    p = make_parser("digits simulate", __doc__)
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                    help="comma-separated training-set sizes")
     p.add_argument("--models", default=",".join(MODEL_FAMILIES))

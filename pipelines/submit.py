@@ -7,13 +7,13 @@ parameter defaults.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from components.argparsing import make_parser
 from pipelines.training import COMPILED
 
 
@@ -40,7 +40,7 @@ def submit(host: str, experiment: str, arguments: dict[str, Any], *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="digits submit", description=__doc__)
+    p = make_parser("digits submit", __doc__)
     p.add_argument("--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
     p.add_argument("--experiment", default="digits-retraining")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")

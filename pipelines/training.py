@@ -127,8 +127,31 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
     return digits_pipeline
 
 
+def pipeline_defaults() -> dict[str, object]:
+    """Every pipeline parameter's default, read from the pipeline itself (one source)."""
+    return {name: spec.default
+            for name, spec in build_pipeline().component_spec.inputs.items()}
+
+
 def compile_pipeline(output: Path = COMPILED, models: Sequence[str] = MODEL_FAMILIES) -> Path:
     from kfp import compiler
 
     compiler.Compiler().compile(build_pipeline(models), str(output))
     return output
+
+
+#: Top-level keys of a compiled pipeline that name the compiler, not the pipeline.
+_SDK_KEYS = ("sdkVersion",)
+
+
+def pipeline_wiring(compiled_yaml: str) -> list[dict]:
+    """The parts of a compiled pipeline that a cluster acts on, without the SDK's version.
+
+    A kfp patch release rewrites ``sdkVersion: kfp-X.Y.Z`` and nothing else; comparing
+    wiring instead of text keeps "the checked-in YAML is current" true across patches
+    while any change to tasks, images, parameters or platform config still shows.
+    """
+    import yaml
+
+    documents = [doc for doc in yaml.safe_load_all(compiled_yaml) if doc is not None]
+    return [{k: v for k, v in doc.items() if k not in _SDK_KEYS} for doc in documents]

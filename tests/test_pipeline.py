@@ -13,6 +13,7 @@ from pipelines.training import (
     S3_SECRET_KEYS,
     build_pipeline,
     compile_pipeline,
+    pipeline_wiring,
 )
 
 
@@ -25,8 +26,20 @@ def compiled(tmp_path_factory):
 
 def test_checked_in_pipeline_yaml_is_not_stale(compiled):
     path, _, _ = compiled
-    assert COMPILED.read_text() == path.read_text(), (
+    assert pipeline_wiring(COMPILED.read_text()) == pipeline_wiring(path.read_text()), (
         "pipelines/digits_pipeline.yaml is stale: run `digits compile` and commit it")
+
+
+def test_staleness_ignores_a_kfp_patch_release_but_not_a_wiring_change(compiled):
+    path, _, _ = compiled
+    text = path.read_text()
+    [sdk_line] = [line for line in text.splitlines() if line.startswith("sdkVersion:")]
+    other_patch = text.replace(sdk_line, "sdkVersion: kfp-2.17.99")
+    assert other_patch != text
+    assert pipeline_wiring(other_patch) == pipeline_wiring(text)
+    rewired = text.replace("defaultValue: 0.95", "defaultValue: 0.9", 1)
+    assert rewired != text
+    assert pipeline_wiring(rewired) != pipeline_wiring(text)
 
 
 def test_every_executor_runs_in_the_train_image(compiled):

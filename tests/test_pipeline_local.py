@@ -63,6 +63,6 @@ def test_quick_run_twice_promotes_then_refuses_a_weaker_model(tmp_path, mnist_di
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )
     statuses = {row["version"]: row["status"] for row in json.loads(listed.stdout)}
-    assert statuses == {first["version"]: "versions", weaker["version"]: "failed"}
+    assert statuses == {first["version"]: "production", weaker["version"]: "rejected"}
     # The embedded store was stopped after each command.
     assert not (tmp_path / "home" / "s3" / "server.json").exists()

@@ -69,7 +69,8 @@ def test_promote_publishes_verifies_and_points(registry, model_dir, tmp_path):
     assert (tmp_path / "fetched" / "weights.npz").read_bytes() == (
         model_dir / "weights.npz").read_bytes()
     [row] = registry.list()
-    assert row["production"] and row["holdout_accuracy"] == 0.9 and row["status"] == "versions"
+    assert row["production"] and row["holdout_accuracy"] == 0.9
+    assert (row["status"], row["location"]) == ("production", "versions")
 
 
 def test_failed_versions_are_kept_but_never_served(registry, model_dir):
@@ -77,7 +78,7 @@ def test_failed_versions_are_kept_but_never_served(registry, model_dir):
     rejected = registry.publish(model_dir, meta(0.5), status=FAILED)
     assert registry.production().version == good
     assert {r["version"]: r["status"] for r in registry.list()} == {
-        good: "versions", rejected: "failed"}
+        good: "production", rejected: "rejected"}
     with pytest.raises(RegistryError, match="rejected by the gate"):
         registry.set_production(rejected, "try to serve a rejected model")
     assert registry.production().version == good
@@ -87,6 +88,9 @@ def test_rollback_walks_back_through_history(registry, model_dir):
     first = registry.promote(model_dir, meta(0.90), reason="one")
     second = registry.promote(model_dir, meta(0.95), reason="two")
     assert registry.production().history[0]["version"] == first
+    candidate = registry.publish(model_dir, meta(0.96))
+    assert {r["version"]: r["status"] for r in registry.list()} == {
+        first: "archived", second: "production", candidate: "candidate"}
     pointer = registry.rollback()
     assert pointer.version == first and "from " + second in pointer.reason
     with pytest.raises(RegistryError, match="nothing to roll back"):
