@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup lock run quick test lint pipeline images serve bench clean
+.PHONY: setup lock run quick test lint pipeline images serve bench readme-figures clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ serve: setup
 
 bench: setup  ## serving throughput/latency vs in-process predict and MLServer
 	$(BIN)/python bench/serving.py
+
+readme-figures: setup  ## a full run, then its figures written into README.md
+	mkdir -p .digits
+	$(BIN)/digits run --json > .digits/readme-run.json
+	$(BIN)/python scripts/readme_figures.py run .digits/readme-run.json
 
 clean:
 	rm -rf .digits .pytest_cache .ruff_cache

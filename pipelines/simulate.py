@@ -13,29 +13,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.argparsing import make_parser
+from components.argparsing import make_parser, positive_int
 from pipelines.training import MODEL_FAMILIES
 
 DEFAULT_SIZES = (500, 2000, 8000)
 
 
-def simulate(sizes: list[int], models: list[str], rounds: int, arguments: dict[str, Any],
+def simulate(sizes: list[int], models: list[str], seeds: int, arguments: dict[str, Any],
              home: Path) -> list[dict[str, Any]]:
-    """Run the local pipeline for every (round, size); one row per model per run."""
+    """Run the local pipeline for every (seed, size); one row per model per run."""
     from components.settings import Settings
-    from pipelines.local import run_pipeline, stdout_to_stderr
+    from pipelines.local import run_pipeline
 
     settings = Settings(home=home)
     rows = []
-    for round_index in range(rounds):
+    for seed_index in range(seeds):
         for size in sizes:
-            step = {**arguments, "train_size": size,
-                    "seed": arguments.get("seed", 0) + round_index}
-            with stdout_to_stderr():
-                summary = run_pipeline(step, models, settings=settings)
+            seed = arguments.get("seed", 0) + seed_index
+            summary = run_pipeline({**arguments, "train_size": size, "seed": seed}, models,
+                                   settings=settings)
             for kind, row in summary["models"].items():
                 rows.append({
-                    "round": round_index, "train_size": size, "model": kind,
+                    "seed": seed, "train_size": size, "model": kind,
                     "validation_accuracy": row["validation_accuracy"],
                     "holdout_accuracy": row["holdout_accuracy"],
                     "train_seconds": row["train_seconds"],
@@ -44,7 +43,7 @@ def simulate(sizes: list[int], models: list[str], rounds: int, arguments: dict[s
                     and summary["gate"]["decision"] == "promote",
                     "run_id": summary["run_id"],
                 })
-            print(f"simulate: round {round_index} size {size}: gate "
+            print(f"simulate: seed {seed} size {size}: gate "
                   f"{summary['gate']['decision']} {summary['gate']['challenger']}",
                   file=sys.stderr)
     return rows
@@ -93,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                    help="comma-separated training-set sizes")
     p.add_argument("--models", default=",".join(MODEL_FAMILIES))
-    p.add_argument("--rounds", type=int, default=1, help="repeats per size (new seed each)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="runs per size, each with the next seed")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--xgb-rounds", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -113,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = [submit(args.host, "digits-simulation",
                        {**arguments, "train_size": size, "seed": args.seed + r})
-                for r in range(args.rounds) for size in sizes]
+                for r in range(args.seeds) for size in sizes]
         print(json.dumps({"submitted": runs}))
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = simulate(sizes, models, args.rounds, arguments, args.output / "home")
+    rows = simulate(sizes, models, args.seeds, arguments, args.output / "home")
     (args.output / "results.json").write_text(json.dumps(rows, indent=2))
     chart = plot_learning_curves(rows, args.output / "learning_curves.png")
     if args.json:

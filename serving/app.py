@@ -171,7 +171,11 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
         elif error.code == 413:
             message = (f"request too large: the limit is {settings.max_body_bytes} bytes "
                        "(DIGITS_MAX_BODY_BYTES) and 1000 form parts")
-        return error_response(error.code or 500, message)
+        response = error_response(error.code or 500, message)
+        for key, value in error.get_headers():  # e.g. Allow on a 405 (RFC 9110 §15.5.6)
+            if key.lower() != "content-type":
+                response.headers[key] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
@@ -207,7 +211,7 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     @app.get("/v2")
     def server_metadata() -> Response:
         return json_response({"name": SERVER_NAME, "version": _package_version(),
-                              "extensions": []})
+                              "extensions": [protocol.BINARY_EXTENSION]})
 
     @app.get("/v2/health/live")
     def live() -> Response:
@@ -241,13 +245,39 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     @app.post("/v2/models/<name>/versions/<version>/infer")
     def infer(name: str, version: str | None = None) -> Response:
         loaded = server.resolve(name, version)
-        _require_json()
-        body = protocol.loads(request.get_data(cache=False), array_key="data")
-        images, outputs, request_id = protocol.v2_request(body, max_batch=settings.max_batch)
-        prediction = _predict(images, loaded)
-        return json_response(protocol.v2_response(
+        header, binary = _infer_body()
+        parsed = protocol.v2_request(protocol.loads(header, array_key="data"),
+                                     max_batch=settings.max_batch, binary=binary)
+        prediction = _predict(parsed.images, loaded)
+        answer, raw = protocol.v2_response(
             model_name=name, version=prediction.version, probabilities=prediction.probabilities,
-            outputs=outputs, request_id=request_id))
+            outputs=parsed.outputs, request_id=parsed.request_id)
+        if not raw:
+            return json_response(answer)
+        head = protocol.dumps(answer)
+        response = Response(head + raw, mimetype="application/octet-stream")
+        response.headers[protocol.BINARY_HEADER] = str(len(head))
+        return response
+
+    def _infer_body() -> tuple[bytes, bytes]:
+        """The request's JSON part and the binary tensor bytes after it.
+
+        Clients decide the form by ``Inference-Header-Content-Length``, not by
+        Content-Type: Triton's client sends none at all, others send
+        ``application/octet-stream`` for the binary form.
+        """
+        body = request.get_data(cache=False)
+        length = request.headers.get(protocol.BINARY_HEADER)
+        if length is not None:
+            return protocol.split_binary(body, length)
+        mimetype = request.mimetype
+        if mimetype == "application/octet-stream":
+            raise ApiError(400, f"a binary request needs the {protocol.BINARY_HEADER} header "
+                                "(the length of its JSON part)")
+        if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise ApiError(415, f"send application/json, or the binary tensor form with "
+                                f"{protocol.BINARY_HEADER}; got {request.content_type!r}")
+        return body, b""
 
     # ------------------------------------------------------------------ v1
 

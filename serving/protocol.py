@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,16 @@ INTEGER_TYPES = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
 }
 FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+#: How each accepted datatype lies in a binary tensor: little-endian, no padding.
+WIRE_TYPES: dict[str, np.dtype] = {
+    name: np.dtype(kind).newbyteorder("<")
+    for name, kind in {**INTEGER_TYPES, "FP16": np.float16, "FP32": np.float32,
+                       "FP64": np.float64}.items()
+}
+#: The binary tensor extension (Triton, KServe): the JSON part's length in bytes;
+#: the body is that much JSON, then the tensors' raw bytes in the JSON's order.
+BINARY_HEADER = "Inference-Header-Content-Length"
+BINARY_EXTENSION = "binary_tensor_data"
 #: Output tensors of the model, and the names MLServer's sklearn/XGBoost runtimes
 #: use for the same things (so clients written for it work unchanged).
 OUTPUTS = ("label", "probabilities")
@@ -186,42 +197,89 @@ def pixels_from(data: Any, what: str, *, max_batch: int) -> np.ndarray:
 # --------------------------------------------------------------------------- v2
 
 
-def v2_request(body: Any, *, max_batch: int) -> tuple[np.ndarray, list[str], str | None]:
-    """An inference request → (images, output names wanted, request id)."""
+@dataclass(frozen=True)
+class Output:
+    """An output the client asked for, and whether it wants it as raw bytes."""
+
+    name: str
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    images: np.ndarray
+    outputs: list[Output]
+    request_id: str | None
+
+
+def split_binary(body: bytes, header_length: str) -> tuple[bytes, bytes]:
+    """A binary-extension body → (its JSON part, the tensor bytes after it)."""
+    if not header_length.strip().isdigit():
+        raise ApiError(400, f"{BINARY_HEADER} must be a whole number of bytes, "
+                            f"got {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise ApiError(400, f"{BINARY_HEADER} is {length} but the body has only "
+                            f"{len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def v2_request(body: Any, *, max_batch: int, binary: bytes = b"") -> InferRequest:
+    """An inference request (and the binary tensor bytes that followed its JSON) →
+    the images, the outputs wanted and the request id."""
     body = as_object(body, "the inference request")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ApiError(400, "'id' must be a string")
-    if "parameters" in body and not isinstance(body["parameters"], dict):
-        raise ApiError(400, "'parameters' must be an object")
+    parameters = _parameters(body, "the request")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ApiError(400, "'inputs' must be a non-empty array of tensors")
     if len(inputs) != 1:
         raise ApiError(400, f"the model takes one input tensor ({INPUT_NAME!r}), "
                             f"got {len(inputs)}")
-    images = v2_tensor(as_object(inputs[0], "inputs[0]"), max_batch=max_batch)
-    return images, v2_outputs(body.get("outputs")), request_id
+    images, used = v2_tensor(as_object(inputs[0], "inputs[0]"), max_batch=max_batch,
+                             binary=binary)
+    if used != len(binary):
+        raise ApiError(400, f"{len(binary) - used} bytes follow the last binary tensor; "
+                            "binary_data_size must account for every byte")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ApiError(400, "'binary_data_output' must be true or false")
+    return InferRequest(images, v2_outputs(body.get("outputs"), binary_default), request_id)
 
 
-def v2_outputs(requested: Any) -> list[str]:
+def _parameters(item: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = item.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ApiError(400, f"'parameters' of {what} must be an object")
+    return parameters
+
+
+def v2_outputs(requested: Any, binary_default: bool = False) -> list[Output]:
     if requested is None:
-        return list(OUTPUTS)
+        return [Output(name, binary_default) for name in OUTPUTS]
     if not isinstance(requested, list):
         raise ApiError(400, "'outputs' must be an array of {\"name\": ...} objects")
-    names = []
+    outputs: dict[str, Output] = {}
     for index, item in enumerate(requested):
-        name = as_object(item, f"outputs[{index}]").get("name")
+        item = as_object(item, f"outputs[{index}]")
+        name = item.get("name")
         if name not in OUTPUTS and name not in OUTPUT_ALIASES:
             raise ApiError(400, f"unknown output {name!r}; the model produces {list(OUTPUTS)}")
-        if name not in names:
-            names.append(name)
-    return names
+        binary = _parameters(item, f"outputs[{index}]").get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise ApiError(400, f"outputs[{index}]: 'binary_data' must be true or false")
+        outputs.setdefault(name, Output(name, binary))
+    return list(outputs.values())
 
 
-def v2_tensor(tensor: dict[str, Any], *, max_batch: int) -> np.ndarray:
-    """One request input → images, checking name, shape, datatype and data against each other."""
-    for key in ("name", "shape", "datatype", "data"):
+def v2_tensor(tensor: dict[str, Any], *, max_batch: int,
+              binary: bytes = b"") -> tuple[np.ndarray, int]:
+    """One request input → (images, binary bytes it used), checking name, shape,
+    datatype and data (JSON, or ``binary_data_size`` raw bytes) against each other."""
+    size = _parameters(tensor, "the input tensor").get("binary_data_size")
+    for key in ("name", "shape", "datatype") + (() if size is not None else ("data",)):
         if key not in tensor:
             raise ApiError(400, f"input tensor is missing {key!r}")
     if not isinstance(tensor["name"], str):
@@ -232,12 +290,14 @@ def v2_tensor(tensor: dict[str, Any], *, max_batch: int) -> np.ndarray:
                        for d in shape)):
         raise ApiError(400, "'shape' must be a non-empty array of non-negative integers")
     datatype = tensor["datatype"]
-    if datatype not in INTEGER_TYPES and datatype not in FLOAT_TYPES:
+    if datatype not in WIRE_TYPES:
         raise ApiError(400, f"unsupported datatype {datatype!r}; use UINT8 (or another "
                             "integer type, or FP16/FP32/FP64) holding pixels 0..255")
     expected = math.prod(shape)
     if expected > max_batch * NUM_PIXELS:
         raise ApiError(413, f"shape {shape} holds more than {max_batch} images, the limit")
+    if size is not None:
+        return _binary_tensor(tensor, shape, datatype, size, binary, max_batch), size
     array = _to_array(tensor["data"], "'data'")
     if array.size != expected:
         raise ApiError(400, f"'data' holds {array.size} values but shape {shape} "
@@ -252,7 +312,26 @@ def v2_tensor(tensor: dict[str, Any], *, max_batch: int) -> np.ndarray:
         low, high = array.min(), array.max()
         if low < info.min or high > info.max:
             raise ApiError(400, f"values {low}..{high} are out of range for {datatype}")
-    return images_from(array.reshape(shape), max_batch=max_batch)
+    return images_from(array.reshape(shape), max_batch=max_batch), 0
+
+
+def _binary_tensor(tensor: dict[str, Any], shape: list[int], datatype: str, size: Any,
+                   binary: bytes, max_batch: int) -> np.ndarray:
+    """A tensor sent as raw bytes: the size must be exactly shape × datatype's width."""
+    if "data" in tensor:
+        raise ApiError(400, "an input with 'binary_data_size' must not also carry 'data'")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ApiError(400, "'binary_data_size' must be a non-negative whole number")
+    wire = WIRE_TYPES[datatype]
+    needed = math.prod(shape) * wire.itemsize
+    if size != needed:
+        raise ApiError(400, f"binary_data_size is {size} bytes but shape {shape} of "
+                            f"{datatype} needs {needed}")
+    if size > len(binary):
+        raise ApiError(400, f"binary_data_size is {size} bytes but only {len(binary)} "
+                            "bytes follow the JSON header")
+    array = np.frombuffer(binary, dtype=wire, count=math.prod(shape)).reshape(shape)
+    return images_from(array, max_batch=max_batch)
 
 
 def _describe(array: np.ndarray) -> str:
@@ -270,25 +349,34 @@ def _whole(array: np.ndarray) -> bool:
 
 
 def v2_response(*, model_name: str, version: str, probabilities: np.ndarray,
-                outputs: list[str], request_id: str | None) -> dict[str, Any]:
-    """The inference response object, outputs in the order they were asked for."""
+                outputs: list[Output], request_id: str | None,
+                ) -> tuple[dict[str, Any], bytes]:
+    """The inference response object, outputs in the order they were asked for, and
+    the raw bytes of the outputs asked for in binary (empty when none were)."""
     n = len(probabilities)
-    tensors = []
-    for name in outputs:
-        canonical = OUTPUT_ALIASES.get(name, name)
+    tensors, chunks = [], []
+    for output in outputs:
+        canonical = OUTPUT_ALIASES.get(output.name, output.name)
         if canonical == "label":
-            labels = probabilities.argmax(axis=1)
-            shape = [n, 1] if name == "predict" else [n]
-            tensors.append({"name": name, "shape": shape, "datatype": "INT64",
-                            "data": labels.tolist()})
+            values = probabilities.argmax(axis=1).astype(WIRE_TYPES["INT64"])
+            shape = [n, 1] if output.name == "predict" else [n]
+            tensor: dict[str, Any] = {"name": output.name, "shape": shape, "datatype": "INT64"}
         else:
-            tensors.append({"name": name, "shape": [n, NUM_CLASSES], "datatype": "FP32",
-                            "data": _rounded(probabilities).ravel().tolist()})
+            values = probabilities.astype(WIRE_TYPES["FP32"], copy=False)
+            tensor = {"name": output.name, "shape": [n, NUM_CLASSES], "datatype": "FP32"}
+        if output.binary:
+            raw = np.ascontiguousarray(values).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = (values.tolist() if canonical == "label"
+                              else _rounded(values).ravel().tolist())
+        tensors.append(tensor)
     response: dict[str, Any] = {"model_name": model_name, "model_version": version}
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = tensors
-    return response
+    return response, b"".join(chunks)
 
 
 def _rounded(probabilities: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -83,8 +84,96 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
 
     assert main(["registry", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["version"], r["production"]) for r in rows] == [("run1-baseline", True)]
+    assert [(r["version"], r["production"], r["status"]) for r in rows] == [
+        ("run1-baseline", True, "production")]
+    assert main(["registry", "list"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["version", "status", "kind", "holdout", "created", "(UTC)"]
+    assert row.split()[:4] == ["*", "run1-baseline", "production", "baseline"]
+    assert row.split()[4] == f"{decision['challenger']['accuracy']:.2%}"
+    assert row.split()[5] == stored["created_at"][:10]
+
+    assert main(["registry", "show", "run1-baseline"]) == 0
+    shown = capsys.readouterr().out
+    assert len(shown.splitlines()) < 15 and "{" not in shown
+    assert "version         run1-baseline (production)" in shown
+    assert f"gate            promote: {decision['reason']}" in shown
+    assert "600 train" in shown and "report.html" in shown
+    assert main(["registry", "show", "run1-baseline", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == stored["metrics"]
     assert main(["registry", "promote", "no-such-version"]) == 2
     assert "no version 'no-such-version'" in capsys.readouterr().err
     assert main(["registry", "rollback"]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A DIGITS_HOME of its own, so 'nothing left behind' can be checked."""
+    monkeypatch.setenv("DIGITS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--source", "kaggle-csv"], "--source kaggle-csv needs --csv PATH"),
+    (["run", "--mnist-dir", "/nonexistent"], "--mnist-dir /nonexistent: no such directory"),
+    (["run", "--source", "kaggle-csv", "--csv", "/nonexistent.csv"], "no such file"),
+])
+def test_bad_run_arguments_fail_in_one_line_before_anything_runs(argv, message, home, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith("digits run: ") and message in line
+    assert captured.out == ""
+    assert not home.exists()
+
+
+def test_a_missing_mnist_file_is_named(home, tmp_path, capsys):
+    partial = tmp_path / "mnist"
+    partial.mkdir()
+    (partial / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert main(["run", "--mnist-dir", str(partial)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "missing train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz" in line
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--epochs", "abc", "argument --epochs: expected a whole number, got 'abc'"),
+    ("--xgb-rounds", "0", "argument --xgb-rounds: must be positive, got 0"),
+    ("--alpha", "2", "argument --alpha: must be between 0 and 1, got 2"),
+])
+def test_bad_numbers_are_refused_by_name(flag, value, message, home, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", flag, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"digits run: error: {message}"
+
+
+def test_a_failing_stage_ends_the_run_in_one_line_and_sets_its_folder_aside(
+        home, tmp_path, capsys):
+    bad = tmp_path / "train.csv"
+    bad.write_text("label,pixel0\n1,2\n")
+    assert main(["run", "--source", "kaggle-csv", "--csv", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.splitlines()[-1]
+    assert last.startswith("digits run: stage ingest failed: ")
+    assert "line 1: header must be label,pixel0..pixel783" in last
+    assert "Traceback" not in captured.err and "\x1b[" not in captured.err
+    log = last.rsplit("(log: ", 1)[1].rstrip(")")
+    assert "Traceback" in Path(log).read_text()  # the full story is in the task's log
+    assert not any((home / "runs").iterdir()), "a failed run must not look like a run"
+    [failed] = (home / "failed-runs").iterdir()
+    assert log.startswith(str(failed))
+
+
+def test_help_is_plain_text_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "--epochs EPOCHS       CNN epochs (default: 12; --quick: 3)" in text
+    assert "--xgb-rounds" in text and "--rounds" not in text.replace("--xgb-rounds", "")
+    for stage in ("ingest", "train", "evaluate", "gate", "deploy"):
+        with pytest.raises(SystemExit):
+            main([stage, "--help"])
+        assert ":class:" not in capsys.readouterr().out

@@ -13,13 +13,30 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, env: dict[str, str]) -> dict:
+def run_cli(*args: str, env: dict[str, str]) -> tuple[dict, str]:
     result = subprocess.run(
         [sys.executable, "-m", "components.cli", "run", "--quick", "--json", *args],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return json.loads(result.stdout), result.stderr
+
+
+def assert_quiet_progress(progress: str, summary: dict) -> None:
+    """Not a terminal: one plain line per state change, no kfp dumps, a log per task."""
+    lines = progress.splitlines()
+    assert len(lines) < 60, progress
+    assert lines[0] == "[1/10] ingest: running"
+    assert any(line.startswith("[1/10] ingest: done in ") and "3,000 train" in line
+               for line in lines)
+    assert any(" train-cnn: epoch 3/3 " in line for line in lines)
+    assert any(line.startswith("[10/10] deploy: done in ") for line in lines)
+    assert "executor_input" not in progress and "\x1b[" not in progress
+    logs = Path(summary["logs"])
+    assert {p.stem for p in logs.glob("*.log")} >= {
+        "ingest", "train-cnn", "train-xgboost", "train-baseline", "evaluate-cnn", "gate",
+        "report", "deploy"}
+    assert "Got executor_input" in (logs / "train-cnn.log").read_text()
 
 
 def assert_dashboard_outputs(run_dir: Path, report: Path) -> None:
@@ -44,15 +61,18 @@ def test_quick_run_twice_promotes_then_refuses_a_weaker_model(tmp_path, mnist_di
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
     env.update(DIGITS_HOME=str(tmp_path / "home"), DIGITS_MNIST_DIR=str(mnist_dir))
 
-    first = run_cli(env=env)
+    first, progress = run_cli(env=env)
+    assert_quiet_progress(progress, first)
+    assert first["report"].endswith("report.html")
     assert set(first["models"]) == {"cnn", "xgboost", "baseline"}
     for row in first["models"].values():
         assert 0.5 < row["holdout_accuracy"] <= 1 and row["train_seconds"] > 0
     assert first["gate"]["decision"] == "promote" and first["gate"]["champion"] is None
     assert first["production"] == first["version"]
     assert_dashboard_outputs(Path(first["decision_report"]).parents[1], Path(first["report"]))
+    assert Path(first["report"]).parent.name == first["run_id"]
 
-    weaker = run_cli("--train-size", "200", "--models", "xgboost,baseline", env=env)
+    weaker, _ = run_cli("--train-size", "200", "--models", "xgboost,baseline", env=env)
     assert weaker["gate"]["decision"] == "reject"
     assert weaker["gate"]["champion"] == first["version"]
     assert weaker["production"] == first["version"]

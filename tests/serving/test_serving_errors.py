@@ -95,7 +95,8 @@ CASES = [
     ("text/plain", "POST", INFER, "text/plain", tensor(), 415, "application/json"),
     ("form encoded", "POST", INFER, "application/x-www-form-urlencoded", tensor(), 415,
      "application/json"),
-    ("no content type", "POST", INFER, None, tensor(), 415, "Content-Type"),
+    ("binary without its header", "POST", INFER, "application/octet-stream", tensor(), 400,
+     "Inference-Header-Content-Length"),
     ("unknown model", "POST", "/v2/models/mnist/infer", JSON, tensor(), 404, "unknown model"),
     ("unknown version", "POST", "/v2/models/digits/versions/v0/infer", JSON, tensor(), 404,
      "version"),
@@ -160,3 +161,75 @@ def test_server_still_answers_after_the_bad_inputs(served):
     assert client.post(INFER, data=tensor(), content_type=JSON).status_code == 200
     text = client.get("/metrics").data.decode()
     assert 'status="500"' not in text
+
+
+def binary_request(header: dict, raw: bytes, length: int | None = None) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + raw, {"Inference-Header-Content-Length":
+                        str(len(head) if length is None else length)}
+
+
+def binary_tensor(size: int, **override) -> dict:
+    item = {"name": "images", "shape": [1, 784], "datatype": "UINT8",
+            "parameters": {"binary_data_size": size}}
+    item.update(override)
+    return {"inputs": [item]}
+
+
+RAW = DIGIT.tobytes()
+BINARY_CASES = [
+    # (id, request body and headers, status, words in the error)
+    ("header length beyond the body", binary_request(binary_tensor(784), RAW, 10_000), 400,
+     "has only"),
+    ("header length not a number", (RAW, {"Inference-Header-Content-Length": "ten"}), 400,
+     "whole number"),
+    ("size not shape x datatype", binary_request(binary_tensor(700), RAW[:700]), 400,
+     "needs 784"),
+    ("fewer bytes than declared", binary_request(binary_tensor(784), RAW[:500]), 400,
+     "only 500 bytes"),
+    ("bytes left over", binary_request(binary_tensor(784), RAW + b"\0" * 16), 400,
+     "16 bytes follow"),
+    ("fp32 bytes for uint8 shape", binary_request(
+        binary_tensor(784 * 4, datatype="FP32"), DIGIT.astype("<f4").tobytes()[:784]), 400,
+     "only 784 bytes"),
+    ("unknown datatype", binary_request(binary_tensor(784, datatype="FLOAT8"), RAW), 400,
+     "unsupported datatype"),
+    ("bytes datatype", binary_request(binary_tensor(784, datatype="BYTES"), RAW), 400,
+     "unsupported datatype"),
+    ("size and data both", binary_request(binary_tensor(784, data=PIXELS), RAW), 400,
+     "must not also carry"),
+    ("size not a number", binary_request(binary_tensor("784"), RAW), 400,
+     "binary_data_size"),
+    ("header not json", (b"{oops" + RAW, {"Inference-Header-Content-Length": "5"}), 400,
+     "invalid JSON"),
+    ("binary output flag not a bool", binary_request(
+        {**binary_tensor(784), "parameters": {"binary_data_output": "yes"}}, RAW), 400,
+     "true or false"),
+    ("negative pixels as int16", binary_request(
+        binary_tensor(784 * 2, datatype="INT16"), (DIGIT.astype("<i2") - 1).tobytes()), 400,
+     "0..255"),
+]
+
+
+@pytest.mark.parametrize(("request_", "status", "words"), [c[1:] for c in BINARY_CASES],
+                         ids=[c[0] for c in BINARY_CASES])
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
+def test_malformed_binary_framing_is_a_clear_400(served, request_, status, words,
+                                                content_type):
+    _, client, _, _ = served
+    body, headers = request_
+    if content_type:
+        headers = {**headers, "Content-Type": content_type}
+    response = client.post(INFER, data=body, headers=headers)
+    assert response.status_code == status, response.data[:300]
+    assert words in response.get_json()["error"]
+
+
+def test_a_405_names_the_allowed_methods(served):
+    _, client, _, _ = served
+    response = client.get(INFER)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"POST"}
+    assert "GET" not in response.headers["Allow"].split(", ")
+    response = client.delete("/v2/health/live")
+    assert response.status_code == 405 and "GET" in response.headers["Allow"]

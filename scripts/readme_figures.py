@@ -1,0 +1,67 @@
+"""Write measured figures into README.md between markers, so no number is typed by hand.
+
+    python scripts/readme_figures.py run SUMMARY.json   # from `digits run --json`
+
+replaces what lies between ``<!-- figures:run -->`` and ``<!-- /figures:run -->``.
+``make readme-figures`` runs the full pipeline and then this.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with the block named ``name`` holding ``content`` (markers kept)."""
+    pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(<!-- /figures:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- figures:{name} --> block")
+    return pattern.sub(lambda m: m[1] + content.rstrip("\n") + "\n" + m[2], text)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_figures(summary: dict) -> str:
+    """One sentence and a table from a full run's summary."""
+    import os
+
+    minutes, seconds = divmod(round(summary["wall_seconds"]), 60)
+    rows = ["| model | holdout accuracy | validation accuracy | training |",
+            "| --- | --- | --- | --- |"]
+    for kind, row in summary["models"].items():
+        rows.append(f"| {kind} | {row['holdout_accuracy']:.2%} | "
+                    f"{row['validation_accuracy']:.2%} | {row['train_seconds']:.0f} s |")
+    gate = summary["gate"]
+    return (
+        f"Measured with `make readme-figures` (a full `digits run` on all of MNIST) on "
+        f"{os.cpu_count()} cores ({cpu_model()}): {minutes} min {seconds:02d} s wall; "
+        f"the gate said **{gate['decision']}** for {gate['challenger']}.\n\n"
+        + "\n".join(rows) + "\n"
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "run":
+        raise SystemExit("usage: readme_figures.py run SUMMARY.json")
+    summary = json.loads(Path(argv[1]).read_text())
+    README.write_text(replace_block(README.read_text(), "run", run_figures(summary)))
+    print(f"README.md: run figures updated from {argv[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
