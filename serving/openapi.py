@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from serving.protocol import WIRE_TYPES
+
+#: The datatypes an input may have (the binary extension's and JSON's alike).
+DATATYPES = tuple(WIRE_TYPES)
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -33,6 +38,20 @@ NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "stri
         "description": "Model name (DIGITS_MODEL_NAME, default `digits`)."}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
            "description": "Registry version id; must be the one currently serving."}
+
+
+BINARY_FORM = (
+    "The binary tensor extension: the first Inference-Header-Content-Length bytes are an "
+    "InferenceRequest (or InferenceResponse) in JSON; the raw bytes of every tensor whose "
+    "parameters carry binary_data_size follow, in the order of the JSON's tensors, "
+    "little-endian and row-major. Sent with no Content-Type, application/json or "
+    "application/octet-stream: the header, not the Content-Type, marks the binary form."
+)
+BINARY_LENGTH = {
+    "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Present for the binary form: the length in bytes of the JSON part.",
+}
 
 
 def _v2_model_paths() -> dict[str, Any]:
@@ -61,10 +80,26 @@ def _v2_model_paths() -> dict[str, Any]:
                 "(FP32 `[N, 10]`); `predict`/`predict_proba` are accepted as MLServer-style "
                 "aliases. `id` is echoed."
             ),
+            "parameters": [BINARY_LENGTH],
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref("InferenceRequest")}}},
-            "responses": {"200": _json(_ref("InferenceResponse"), "Predictions."),
-                          **_errors(400, 404, 413, 415, 503)},
+                "application/json": {"schema": _ref("InferenceRequest")},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": BINARY_FORM}}},
+            "responses": {
+                "200": {
+                    "description": "Predictions: JSON, or the binary form when any output "
+                                   "was asked for as binary (`binary_data_output` on the "
+                                   "request or `binary_data` on an output).",
+                    "headers": {"Inference-Header-Content-Length": {
+                        "description": "Length of the JSON part (binary form only).",
+                        "schema": {"type": "integer", "minimum": 0}}},
+                    "content": {
+                        "application/json": {"schema": _ref("InferenceResponse")},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"},
+                            "description": BINARY_FORM}}},
+                **_errors(400, 404, 413, 415, 503)},
         }
     }
     paths = {}
@@ -104,31 +139,46 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             "outputs": {"type": "array", "items": _ref("MetadataTensor")},
             "parameters": {"type": "object"}}},
         "RequestInput": {
-            "type": "object", "required": ["name", "shape", "datatype", "data"],
+            "type": "object", "required": ["name", "shape", "datatype"],
+            "description": "Pixels in `data` (JSON) or, in the binary form, "
+                           "`parameters.binary_data_size` bytes after the JSON part: "
+                           "exactly one of the two.",
             "properties": {
                 "name": {"type": "string", "example": "images"},
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0},
-                          "example": [1, 784]},
-                "datatype": {"type": "string", "enum": [
-                    "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                    "FP16", "FP32", "FP64"]},
-                "parameters": {"type": "object"},
-                "data": tensor_data}},
+                "shape": {"type": "array", "minItems": 1,
+                          "items": {"type": "integer", "minimum": 0}, "example": [1, 784]},
+                "datatype": {"type": "string", "enum": list(DATATYPES)},
+                "parameters": {"type": "object", "properties": {
+                    "binary_data_size": {"type": "integer", "minimum": 0,
+                                         "description": "shape × the datatype's width"}}},
+                "data": tensor_data},
+            "oneOf": [
+                {"required": ["data"], "not": {"required": ["parameters"], "properties": {
+                    "parameters": {"required": ["binary_data_size"]}}}},
+                {"required": ["parameters"], "not": {"required": ["data"]}, "properties": {
+                    "parameters": {"required": ["binary_data_size"]}}}]},
         "RequestOutput": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string",
                      "enum": ["label", "probabilities", "predict", "predict_proba"]},
-            "parameters": {"type": "object"}}},
+            "parameters": {"type": "object", "properties": {
+                "binary_data": {"type": "boolean",
+                                "description": "Answer this output as raw bytes."}}}}},
         "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
             "id": {"type": "string"},
-            "parameters": {"type": "object"},
+            "parameters": {"type": "object", "properties": {
+                "binary_data_output": {"type": "boolean",
+                                       "description": "Answer every output as raw bytes "
+                                                      "unless it says otherwise."}}},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1,
                        "items": _ref("RequestInput")},
             "outputs": {"type": "array", "items": _ref("RequestOutput")}}},
-        "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+        "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype"],
                            "properties": {"name": {"type": "string"},
                                           "shape": {"type": "array",
                                                     "items": {"type": "integer"}},
                                           "datatype": {"type": "string"},
+                                          "parameters": {"type": "object", "properties": {
+                                              "binary_data_size": {"type": "integer"}}},
                                           "data": tensor_data}},
         "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"],
                               "properties": {

@@ -233,3 +233,68 @@ def test_a_405_names_the_allowed_methods(served):
     assert "GET" not in response.headers["Allow"].split(", ")
     response = client.delete("/v2/health/live")
     assert response.status_code == 405 and "GET" in response.headers["Allow"]
+
+
+# --------------------------------------------------------------------------- the OpenAPI schema
+
+
+def _inline(node, components):
+    """The schema with every ``#/components/schemas/X`` reference replaced by X."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(components[node["$ref"].rsplit("/", 1)[1]], components)
+        return {key: _inline(value, components) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, components) for item in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def request_schema(served):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, client, _, _ = served
+    spec = client.get("/openapi.json").json
+    schema = _inline(spec["components"]["schemas"]["InferenceRequest"],
+                     spec["components"]["schemas"])
+    return jsonschema.Draft4Validator(schema)
+
+
+VALID = [
+    json.loads(tensor()),
+    json.loads(tensor(shape=[1, 28, 28], data=DIGIT.tolist(), datatype="INT32")),
+    {**json.loads(tensor(datatype="FP32")), "id": "a",
+     "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
+     "parameters": {"binary_data_output": False}},
+]
+
+
+@pytest.mark.parametrize("body", VALID)
+def test_requests_valid_by_the_schema_are_accepted(served, request_schema, body):
+    _, client, _, _ = served
+    assert request_schema.is_valid(body)
+    assert client.post(INFER, json=body).status_code == 200
+
+
+def test_requests_the_schema_rejects_are_rejected_by_the_server(served, request_schema):
+    """Every malformed JSON request above that the schema can see as invalid is refused.
+
+    (The reverse cannot hold for everything: "data has as many values as the shape
+    needs" or "pixels lie in 0..255" are beyond what a JSON Schema can state.)
+    """
+    _, client, _, _ = served
+    bodies = []
+    for case in CASES:
+        if case[2] == INFER and case[3] == JSON:
+            try:
+                bodies.append(json.loads(case[4]))
+            except (ValueError, RecursionError):
+                continue
+    bodies += [json.loads(c[1][0][:int(c[1][1]["Inference-Header-Content-Length"])])
+               for c in BINARY_CASES if c[1][0].startswith(b"{") and c[0] != "header not json"
+               and c[0] != "header length beyond the body"]
+    seen_invalid = 0
+    for body in bodies:
+        if not request_schema.is_valid(body):
+            seen_invalid += 1
+            assert client.post(INFER, json=body).status_code in (400, 413), body
+    assert seen_invalid >= 12
