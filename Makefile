@@ -48,8 +48,17 @@ images:  ## build digits-train and digits-serve with the local Docker engine
 serve: setup
 	$(BIN)/digits serve
 
-bench: setup  ## serving throughput/latency vs in-process predict and MLServer
+# `make bench` runs both sections; `make bench WHAT=serve` or `WHAT=train` runs one.
+WHAT ?= all
+bench: setup  ## serving vs MLServer and in-process predict; training vs public peers
+ifneq ($(filter all serve,$(WHAT)),)
 	$(BIN)/python bench/serving.py
+endif
+ifneq ($(filter all train,$(WHAT)),)
+	mkdir -p .digits
+	$(BIN)/python bench/training.py --json .digits/bench-training.json
+	$(BIN)/python scripts/readme_figures.py bench-train .digits/bench-training.json
+endif
 
 readme-figures: setup  ## a full run, then its figures written into README.md
 	mkdir -p .digits

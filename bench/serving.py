@@ -118,14 +118,16 @@ def stop(process: subprocess.Popen) -> None:
 
 def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     """Train (or reuse) the benchmark model; its directory and test accuracy."""
-    directory = ROOT / ".digits" / "bench" / f"xgboost-{TRAIN_SIZE}-{ROUNDS}-{DEPTH}"
+    directory = ROOT / ".digits" / "bench" / f"xgboost-raw-{TRAIN_SIZE}-{ROUNDS}-{DEPTH}"
     info_path = directory / "bench.json"
     if info_path.exists():
         return directory, json.loads(info_path.read_text())["accuracy"]
     log(f"training XGBoost ({ROUNDS} rounds, depth {DEPTH}) on {TRAIN_SIZE} MNIST digits…")
     started = time.perf_counter()
-    model = create_model("xgboost", n_estimators=ROUNDS, max_depth=DEPTH,
-                         early_stopping_rounds=0)
+    # Raw pixels: MLServer serves the booster file alone and cannot deskew, and both
+    # servers must answer the same request with the same model.
+    model = create_model("xgboost", n_estimators=ROUNDS, max_depth=DEPTH, features="raw",
+                         colsample_bytree=1.0, max_bin=256, early_stopping_rounds=0)
     with contextlib.redirect_stdout(sys.stderr):
         model.fit(x_train[:TRAIN_SIZE], y_train[:TRAIN_SIZE], x_test[:1000], y_test[:1000])
     accuracy = float((model.predict(x_test) == y_test).mean())

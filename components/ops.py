@@ -55,12 +55,12 @@ def train_cnn(
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
-    epochs: int = 12,
-    batch_size: int = 128,
-    learning_rate: float = 0.001,
-    seed: int = 0,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
 ):
-    """Train the Keras CNN."""
+    """Train the Keras CNN (defaults: the pipeline's, from ``components.models.CNN``)."""
     from components.train import run_for_kfp
 
     run_for_kfp("cnn", dataset.path, model, metrics, epochs=epochs, batch_size=batch_size,
@@ -72,12 +72,12 @@ def train_xgboost(
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
-    rounds: int = 200,
-    max_depth: int = 6,
-    learning_rate: float = 0.3,
-    seed: int = 0,
+    rounds: int,
+    max_depth: int,
+    learning_rate: float,
+    seed: int,
 ):
-    """Train the XGBoost (hist) model."""
+    """Train the XGBoost model (defaults: the pipeline's, from ``components.models.XGBoost``)."""
     from components.train import run_for_kfp
 
     run_for_kfp("xgboost", dataset.path, model, metrics, n_estimators=rounds,
@@ -89,10 +89,10 @@ def train_baseline(
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
-    max_iter: int = 100,
-    seed: int = 0,
+    max_iter: int,
+    seed: int,
 ):
-    """Train the scikit-learn logistic-regression baseline."""
+    """Train the logistic-regression baseline (defaults: ``components.models.Baseline``)."""
     from components.train import run_for_kfp
 
     run_for_kfp("baseline", dataset.path, model, metrics, max_iter=max_iter, seed=seed)

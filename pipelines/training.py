@@ -14,6 +14,7 @@ from kfp import dsl, kubernetes
 
 from components import ops
 from components.gate import GatePolicy
+from components.models import CNN, Baseline, XGBoost
 
 MODEL_FAMILIES = ("cnn", "xgboost", "baseline")
 PIPELINE_NAME = "digits-training"
@@ -25,6 +26,8 @@ S3_SECRET_KEYS = ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")
 S3_CONFIG_KEYS = ("DIGITS_S3_ENDPOINT", "DIGITS_S3_SECURE", "DIGITS_BUCKET")
 
 _POLICY = GatePolicy()
+# Each family's defaults live on the family; the pipeline's parameters start from them.
+_CNN, _XGB, _BASELINE = CNN.defaults, XGBoost.defaults, Baseline.defaults
 
 
 class PipelineOutputs(NamedTuple):
@@ -64,13 +67,13 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         train_size: int = 0,
         holdout_size: int = 0,
         seed: int = 0,
-        epochs: int = 12,
-        batch_size: int = 128,
-        cnn_learning_rate: float = 0.001,
-        xgb_rounds: int = 200,
-        xgb_max_depth: int = 6,
-        xgb_learning_rate: float = 0.3,
-        baseline_max_iter: int = 100,
+        epochs: int = _CNN["epochs"],
+        batch_size: int = _CNN["batch_size"],
+        cnn_learning_rate: float = _CNN["learning_rate"],
+        xgb_rounds: int = _XGB["n_estimators"],
+        xgb_max_depth: int = _XGB["max_depth"],
+        xgb_learning_rate: float = _XGB["learning_rate"],
+        baseline_max_iter: int = _BASELINE["max_iter"],
         min_accuracy: float = _POLICY.min_accuracy,
         min_improvement: float = _POLICY.min_improvement,
         alpha: float = _POLICY.alpha,

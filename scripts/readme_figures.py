@@ -1,9 +1,11 @@
 """Write measured figures into README.md between markers, so no number is typed by hand.
 
-    python scripts/readme_figures.py run SUMMARY.json   # from `digits run --json`
+    python scripts/readme_figures.py run SUMMARY.json          # from `digits run --json`
+    python scripts/readme_figures.py bench-train RESULTS.json  # from bench/training.py
 
-replaces what lies between ``<!-- figures:run -->`` and ``<!-- /figures:run -->``.
-``make readme-figures`` runs the full pipeline and then this.
+replaces what lies between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``.
+``make readme-figures`` runs the full pipeline and then this; ``make bench`` does the
+same for the training benchmark.
 """
 
 from __future__ import annotations
@@ -54,12 +56,24 @@ def run_figures(summary: dict) -> str:
     )
 
 
+def bench_train_figures(results: dict) -> str:
+    """The training benchmark's table, as ``bench/training.py`` prints it."""
+    sys.path.insert(0, str(README.parent / "bench"))
+    from training import table
+
+    return "Measured with `make bench WHAT=train`:\n\n" + table(results) + "\n"
+
+
+FIGURES = {"run": run_figures, "bench-train": bench_train_figures}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "run":
-        raise SystemExit("usage: readme_figures.py run SUMMARY.json")
-    summary = json.loads(Path(argv[1]).read_text())
-    README.write_text(replace_block(README.read_text(), "run", run_figures(summary)))
-    print(f"README.md: run figures updated from {argv[1]}")
+    if len(argv) != 2 or argv[0] not in FIGURES:
+        raise SystemExit(f"usage: readme_figures.py {'|'.join(FIGURES)} RESULTS.json")
+    name, path = argv
+    results = json.loads(Path(path).read_text())
+    README.write_text(replace_block(README.read_text(), name, FIGURES[name](results)))
+    print(f"README.md: {name} figures updated from {path}")
     return 0
 
 

@@ -52,7 +52,9 @@ class AppLogger(Logger):
 
 bind = os.environ.get("DIGITS_BIND", "0.0.0.0:8080")
 workers = _settings.workers
-worker_class = _settings.worker_class
+#: ``sync`` is gunicorn's sync worker with a bounded queue (:mod:`serving.workers`).
+worker_class = ("serving.workers.SheddingSyncWorker" if _settings.worker_class == "sync"
+                else _settings.worker_class)
 threads = _settings.threads if worker_class == "gthread" else 1
 #: gthread only: clients may hold connections between requests.
 keepalive = 5

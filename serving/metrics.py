@@ -49,6 +49,10 @@ class Metrics:
             "digits_http_request_duration_seconds", "Time to answer a request, by route.",
             ["route"], buckets=LATENCY_BUCKETS, **reg,
         )
+        self.shed = Counter(
+            "digits_http_shed", "Requests answered 503 at once because too many were waiting.",
+            **reg,
+        )
         self.batch_size = Histogram(
             "digits_request_batch_size", "Images per prediction request.",
             buckets=BATCH_BUCKETS, **reg,

@@ -42,6 +42,11 @@ class ServeSettings(Settings):
         description="gunicorn worker type: sync (one request per process at a time, the "
                     "kernel balances them: best tail latency) or gthread (keep-alive, threads).",
     )
+    max_queue: int = Field(
+        default=64, ge=0,
+        description="sync workers: connections allowed to wait for a worker; past that, "
+                    "requests get an immediate 503 with Retry-After instead of a long wait.",
+    )
     threads: int = Field(
         default=4, gt=0,
         description="Threads per gthread worker; concurrent requests then share forward passes.",

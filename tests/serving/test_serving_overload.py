@@ -1,0 +1,60 @@
+"""Overload: past the queue limit, the real server answers a fast 503, never an error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tests.serving.helpers import promote, v2_body
+from tests.serving.test_serving_cli import (
+    ROOT,
+    clean_env,
+    free_port,
+    model_info,
+    request,
+    stop_serve,
+    wait_for,
+)
+
+
+def test_a_flood_gets_fast_503s_with_retry_after_and_every_request_an_answer(
+        s3_server, make_registry, trained, tiny_dataset, tmp_path):
+    registry = make_registry()
+    version = promote(registry, trained["xgboost"])
+    port = free_port()
+    env = clean_env(DIGITS_S3_ENDPOINT=s3_server.endpoint,
+                    DIGITS_S3_ACCESS_KEY=s3_server.access_key,
+                    DIGITS_S3_SECRET_KEY=s3_server.secret_key, DIGITS_BUCKET=registry.bucket,
+                    DIGITS_ACCESS_LOG="false", DIGITS_MAX_QUEUE="2")
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        wait_for(lambda: model_info(port) and set(model_info(port).values()) == {version},
+                 60, "the worker to load the model")
+        body = json.dumps(v2_body(np.repeat(tiny_dataset.x_holdout, 8, axis=0)[:2048])).encode()
+
+        def infer(_):
+            return request(port, "POST", "/v2/models/digits/infer", body)
+
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(infer, range(96)))
+        statuses = [status for status, _, _ in answers]
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+        for status, payload, headers in answers:
+            if status == 503:
+                assert headers["Retry-After"] == "1"
+                assert "overloaded" in json.loads(payload)["error"]
+        metrics = request(port, "GET", "/metrics")[1].decode()
+        [shed] = [float(line.split()[1]) for line in metrics.splitlines()
+                  if line.startswith("digits_http_shed_total ")]
+        assert shed == statuses.count(503)
+    finally:
+        stop_serve(process)
