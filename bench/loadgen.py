@@ -28,6 +28,8 @@ class Result:
     """Latencies (seconds) of the requests answered during the measured window."""
 
     latencies: list[float] = field(default_factory=list)
+    #: Every answered request's latency, refusals (503) included.
+    answered: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
@@ -46,9 +48,10 @@ class Result:
 
 
 def build_request(path: str, body: bytes, content_type: str = "application/json",
-                  port: int = 80) -> bytes:
+                  port: int = 80, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{key}: {value}\r\n" for key, value in (headers or {}).items())
     head = (f"POST {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n")
     return head.encode() + body
 
 
@@ -119,6 +122,8 @@ async def _client(port: int, requests: list[bytes], offset: int, start: float, s
             if sent < start:  # warm-up requests are not counted
                 continue
             result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status:
+                result.answered.append(done - sent)
             if status == 200:
                 result.latencies.append(done - sent)
                 if keep_bodies:

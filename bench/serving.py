@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Connections in the overload row, and the batch size that also gets a binary-payload row.
+OVERLOAD_CONCURRENCY = 256
+BINARY_BATCH = 64
 BENCH = Path(__file__).resolve().parent
 for _path in (BENCH, ROOT):  # ROOT first: ``serving`` is the package, not this file
     if str(_path) in sys.path:
@@ -237,6 +240,19 @@ def our_body(images: np.ndarray) -> bytes:
         "outputs": [{"name": "probabilities"}]}, separators=(",", ":")).encode()
 
 
+def our_binary_request(images: np.ndarray, port: int) -> bytes:
+    """The same request in the binary tensor extension, as Triton's client sends it."""
+    header = json.dumps({"inputs": [{
+        "name": "images", "shape": [len(images), 784], "datatype": "UINT8",
+        "parameters": {"binary_data_size": images.size}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]},
+        separators=(",", ":")).encode()
+    return loadgen.build_request(
+        f"/v2/models/{MODEL_NAME}/infer", header + images.tobytes(),
+        content_type="application/octet-stream", port=port,
+        headers={"Inference-Header-Content-Length": str(len(header))})
+
+
 def mlserver_body(images: np.ndarray) -> bytes:
     """MLServer gets what the model was trained on: pixels / 255 as FP32 (exactly the
     stem's values: rounding them would move some pixels across split thresholds)."""
@@ -334,6 +350,32 @@ def print_table(rows: list[dict], accuracy: float) -> None:
                       f"{ours[key]['rps'] / limit[key[0]]['rps']:.2f}x")
 
 
+def measure_overload(port: int, pool: list[bytes], concurrency: int, duration: float) -> dict:
+    """Far more connections than workers: does the server shed (fast 503s) or queue?"""
+    result = loadgen.run(port, pool, concurrency=concurrency, duration=duration)
+    answered = sorted(result.answered)
+    row = {"server": "digits", "batch": 1, "concurrency": concurrency, "overload": True,
+           "ok_rps": result.rps,
+           "shed_rps": result.statuses.get(503, 0) / result.elapsed if result.elapsed else 0,
+           "connection_errors": result.statuses.get(0, 0),
+           "other_statuses": {k: v for k, v in result.statuses.items() if k not in (0, 200, 503)},
+           "p99_ok_ms": result.percentile(99) * 1000,
+           "p99_all_ms": float(np.percentile(answered, 99)) * 1000 if answered else float("nan")}
+    log(f"overload x{concurrency}: {row['ok_rps']:.0f} answered/s, {row['shed_rps']:.0f} shed/s, "
+        f"p99 {row['p99_ok_ms']:.1f} ms (all answers {row['p99_all_ms']:.1f} ms), "
+        f"{row['connection_errors']} connection errors")
+    return row
+
+
+def print_overload(row: dict) -> None:
+    print(f"\nOverload, single images, {row['concurrency']} connections (2 workers answer "
+          "2 at a time; past DIGITS_MAX_QUEUE waiting, requests get a fast 503 + Retry-After):")
+    print(f"  {row['ok_rps']:.0f} answered/s with p99 {row['p99_ok_ms']:.1f} ms; "
+          f"{row['shed_rps']:.0f} shed/s; p99 of every answer {row['p99_all_ms']:.1f} ms; "
+          f"{row['connection_errors']} connection errors; other statuses "
+          f"{row['other_statuses'] or 'none'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0,
@@ -342,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated concurrency levels (default 1,8,32)")
     parser.add_argument("--batches", default="1,64", help="images per request (default 1,64)")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
+    parser.add_argument("--overload", type=int, default=OVERLOAD_CONCURRENCY,
+                        help="connections for the overload row, far above what the "
+                             f"workers answer at once (default {OVERLOAD_CONCURRENCY}; 0: skip)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -377,9 +422,20 @@ def main(argv: list[str] | None = None) -> int:
                 if theirs:
                     rows.append(measure("mlserver", theirs, their_pool, batch, concurrency,
                                         args.duration))
+                if batch == BINARY_BATCH:
+                    binary_pool = [our_binary_request(images[i * batch:(i + 1) * batch], ours)
+                                   for i in range(32)]
+                    rows.append(measure("digits-bin", ours, binary_pool, batch, concurrency,
+                                        args.duration))
+        if args.overload:
+            overload = measure_overload(ours, request_pool(images, 1, our_body, ours),
+                                        args.overload, args.duration)
 
     rows.sort(key=lambda r: (r["batch"], r["concurrency"], r["server"]))
     print_table(rows, accuracy)
+    if args.overload:
+        print_overload(overload)
+        rows.append(overload)
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

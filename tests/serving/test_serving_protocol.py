@@ -69,10 +69,39 @@ def test_fast_reader_refuses_invalid_json(raw):
 
 def test_response_shapes():
     proba = np.array([[0.1] * 10, [0.0] * 9 + [1.0]], dtype=np.float32)
-    answer = protocol.v2_response(model_name="m", version="v", probabilities=proba,
-                                  outputs=["probabilities", "label"], request_id="7")
+    answer, raw = protocol.v2_response(
+        model_name="m", version="v", probabilities=proba, request_id="7",
+        outputs=[protocol.Output("probabilities"), protocol.Output("label")])
+    assert raw == b""
     assert answer["id"] == "7" and answer["model_version"] == "v"
     assert answer["outputs"][0]["shape"] == [2, 10]
     assert answer["outputs"][0]["data"][:2] == [0.1, 0.1]
     assert answer["outputs"][1] == {"name": "label", "shape": [2], "datatype": "INT64",
                                     "data": [0, 9]}
+
+
+def test_binary_outputs_are_raw_little_endian_bytes_in_order():
+    proba = np.array([[0.1] * 10, [0.0] * 9 + [1.0]], dtype=np.float32)
+    answer, raw = protocol.v2_response(
+        model_name="m", version="v", probabilities=proba, request_id=None,
+        outputs=[protocol.Output("label", binary=True), protocol.Output("probabilities"),
+                 protocol.Output("predict_proba", binary=True)])
+    label, probabilities, alias = answer["outputs"]
+    assert label["parameters"] == {"binary_data_size": 16} and "data" not in label
+    assert "parameters" not in probabilities and len(probabilities["data"]) == 20
+    assert alias["parameters"] == {"binary_data_size": 80}
+    assert np.frombuffer(raw[:16], "<i8").tolist() == [0, 9]
+    np.testing.assert_array_equal(np.frombuffer(raw[16:], "<f4").reshape(2, 10), proba)
+
+
+def test_binary_inputs_are_read_by_datatype_and_order():
+    images = (np.arange(784 * 2) % 256).astype(np.uint8).reshape(2, 28, 28)
+    for datatype, dtype in (("UINT8", "<u1"), ("INT16", "<i2"), ("FP32", "<f4"),
+                            ("FP64", "<f8")):
+        raw = images.astype(dtype).tobytes()
+        request = {"inputs": [{"name": "images", "shape": [2, 784], "datatype": datatype,
+                               "parameters": {"binary_data_size": len(raw)}}],
+                   "parameters": {"binary_data_output": True}}
+        parsed = protocol.v2_request(request, max_batch=8, binary=raw)
+        np.testing.assert_array_equal(parsed.images, images)
+        assert all(output.binary for output in parsed.outputs)
