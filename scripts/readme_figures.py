@@ -11,7 +11,6 @@ same for the training benchmark.
 from __future__ import annotations
 
 import json
-import platform
 import re
 import sys
 from pathlib import Path
@@ -27,19 +26,19 @@ def replace_block(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m[1] + content.rstrip("\n") + "\n" + m[2], text)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+def _bench():
+    """``bench/training.py``, which knows the machine and formats the benchmark table."""
+    sys.path.insert(0, str(README.parent / "bench"))
+    import training
+
+    return training
 
 
 def run_figures(summary: dict) -> str:
     """One sentence and a table from a full run's summary."""
     import os
+
+    cpu_model = _bench().cpu_model
 
     minutes, seconds = divmod(round(summary["wall_seconds"]), 60)
     rows = ["| model | holdout accuracy | validation accuracy | training |",
@@ -58,10 +57,7 @@ def run_figures(summary: dict) -> str:
 
 def bench_train_figures(results: dict) -> str:
     """The training benchmark's table, as ``bench/training.py`` prints it."""
-    sys.path.insert(0, str(README.parent / "bench"))
-    from training import table
-
-    return "Measured with `make bench WHAT=train`:\n\n" + table(results) + "\n"
+    return "Measured with `make bench WHAT=train`:\n\n" + _bench().table(results) + "\n"
 
 
 FIGURES = {"run": run_figures, "bench-train": bench_train_figures}
