@@ -52,7 +52,9 @@ serve: setup
 WHAT ?= all
 bench: setup  ## serving vs MLServer and in-process predict; training vs public peers
 ifneq ($(filter all serve,$(WHAT)),)
-	$(BIN)/python bench/serving.py
+	mkdir -p .digits
+	$(BIN)/python bench/serving.py --json .digits/bench-serving.json
+	$(BIN)/python scripts/readme_figures.py bench-serve .digits/bench-serving.json
 endif
 ifneq ($(filter all train,$(WHAT)),)
 	mkdir -p .digits

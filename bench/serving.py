@@ -312,6 +312,36 @@ def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: 
     return row
 
 
+def markdown(rows: list[dict]) -> str:
+    """The MLServer comparison as a Markdown table (what the README shows)."""
+    ours = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits"
+            and not r.get("overload")}
+    theirs = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "mlserver"}
+    binary = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits-bin"}
+    limit = {r["batch"]: r for r in rows if r["server"] == "in-process"}
+    lines = ["| batch, concurrency | digits req/s | MLServer req/s | throughput | "
+             "digits p99 ms | MLServer p99 ms | p99, MLServer ÷ digits | binary req/s | "
+             "share of in-process limit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted(ours):
+        a, b, c = ours[key], theirs.get(key), binary.get(key)
+        lines.append(
+            f"| {key[0]}, {key[1]} | {a['rps']:,.0f} | "
+            + (f"{b['rps']:,.0f} | {a['rps'] / b['rps']:.2f}× | " if b else "– | – | ")
+            + f"{a['p99_ms']:.2f} | "
+            + (f"{b['p99_ms']:.2f} | {b['p99_ms'] / a['p99_ms']:.2f}× | " if b else "– | – | ")
+            + (f"{c['rps']:,.0f} | " if c else "– | ")
+            + (f"{a['rps'] / limit[key[0]]['rps']:.2f}× |" if key[0] in limit else "– |"))
+    for row in rows:
+        if row.get("overload"):
+            lines += ["", f"Overload ({row['concurrency']} connections, single images): "
+                      f"{row['ok_rps']:,.0f} answered/s with p99 {row['p99_ok_ms']:.1f} ms, "
+                      f"{row['shed_rps']:,.0f}/s shed with 503 + Retry-After, p99 of every "
+                      f"answer {row['p99_all_ms']:.1f} ms, {row['connection_errors']} "
+                      "connection errors."]
+    return "\n".join(lines)
+
+
 def print_table(rows: list[dict], accuracy: float) -> None:
     from serving.settings import ServeSettings
 

@@ -2,6 +2,7 @@
 
     python scripts/readme_figures.py run SUMMARY.json          # from `digits run --json`
     python scripts/readme_figures.py bench-train RESULTS.json  # from bench/training.py
+    python scripts/readme_figures.py bench-serve ROWS.json     # from bench/serving.py --json
 
 replaces what lies between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``.
 ``make readme-figures`` runs the full pipeline and then this; ``make bench`` does the
@@ -60,7 +61,22 @@ def bench_train_figures(results: dict) -> str:
     return "Measured with `make bench WHAT=train`:\n\n" + _bench().table(results) + "\n"
 
 
-FIGURES = {"run": run_figures, "bench-train": bench_train_figures}
+def bench_serve_figures(rows: list) -> str:
+    """The serving benchmark's comparison with MLServer, from ``bench/serving.py --json``."""
+    import importlib.util
+
+    # bench/serving.py by path: the name `serving` belongs to the package.
+    spec = importlib.util.spec_from_file_location("bench_serving",
+                                                  README.parent / "bench" / "serving.py")
+    bench_serving = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_serving)
+    return ("Measured with `make bench WHAT=serve` (XGBoost on raw pixels, both servers on "
+            "the same booster; closed-loop clients on 127.0.0.1; "
+            f"{_bench().cpu_model()}):\n\n" + bench_serving.markdown(rows) + "\n")
+
+
+FIGURES = {"run": run_figures, "bench-train": bench_train_figures,
+           "bench-serve": bench_serve_figures}
 
 
 def main(argv: list[str]) -> int:
