@@ -399,7 +399,8 @@ def measure_overload(port: int, pool: list[bytes], concurrency: int, duration: f
 
 def print_overload(row: dict) -> None:
     print(f"\nOverload, single images, {row['concurrency']} connections (2 workers answer "
-          "2 at a time; past DIGITS_MAX_QUEUE waiting, requests get a fast 503 + Retry-After):")
+          "2 at a time; a request that waited past DIGITS_MAX_WAIT_MS gets a fast 503 + "
+          "Retry-After):")
     print(f"  {row['ok_rps']:.0f} answered/s with p99 {row['p99_ok_ms']:.1f} ms; "
           f"{row['shed_rps']:.0f} shed/s; p99 of every answer {row['p99_all_ms']:.1f} ms; "
           f"{row['connection_errors']} connection errors; other statuses "

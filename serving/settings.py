@@ -42,10 +42,10 @@ class ServeSettings(Settings):
         description="gunicorn worker type: sync (one request per process at a time, the "
                     "kernel balances them: best tail latency) or gthread (keep-alive, threads).",
     )
-    max_queue: int = Field(
-        default=64, ge=0,
-        description="sync workers: connections allowed to wait for a worker; past that, "
-                    "requests get an immediate 503 with Retry-After instead of a long wait.",
+    max_wait_ms: int = Field(
+        default=250, ge=0,
+        description="sync workers: a request that waited longer than this for a worker gets "
+                    "an immediate 503 with Retry-After instead of an ever longer wait.",
     )
     threads: int = Field(
         default=4, gt=0,
