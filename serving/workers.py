@@ -72,10 +72,14 @@ class SheddingSyncWorker(SyncWorker):
         super().init_process()
 
     def handle_request(self, listener, req, client, addr) -> None:
-        waited = waited_ms(client)
-        if waited is not None and waited > self.max_wait_ms:
-            self.shed(req, client, waited)
-            return
+        # Only work is shed (POST: predictions, feedback); probes, metadata and
+        # /metrics are cheap and must keep answering under load, or an orchestrator
+        # would restart a busy server.
+        if req.method == "POST":
+            waited = waited_ms(client)
+            if waited is not None and waited > self.max_wait_ms:
+                self.shed(req, client, waited)
+                return
         super().handle_request(listener, req, client, addr)
 
     def shed(self, req, client, waited: int) -> None:
