@@ -134,10 +134,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def missing_mnist_files(directory: Path) -> list[str]:
+    """The MNIST files ``directory`` lacks (all four if it does not exist)."""
+    return [name for name in MNIST_FILES if not (Path(directory) / name).is_file()]
+
+
 def load_mnist(directory: Path, *, verify_checksums: bool = True):
     """Load ``(x_train, y_train, x_test, y_test, source)`` from the four IDX files."""
     directory = Path(directory)
-    missing = [name for name in MNIST_FILES if not (directory / name).is_file()]
+    missing = missing_mnist_files(directory)
     if missing:
         raise DataError(f"{directory}: missing MNIST files {missing}")
     arrays = {

@@ -274,11 +274,11 @@ class XGBoost(DigitModel):
 
     def fit(self, x_train, y_train, x_val, y_val) -> None:
         self._model = self._classifier(callbacks=[_round_progress(self.params["n_estimators"])])
+        features = self.features(x_train)
         curve = slice(0, self.CURVE_SAMPLE)  # scoring all 55k each round would cost a third
         self._model.fit(
-            self.features(x_train), y_train,
-            eval_set=[(self.features(x_train[curve]), y_train[curve]),
-                      (self.features(x_val), y_val)],
+            features, y_train,
+            eval_set=[(features[curve], y_train[curve]), (self.features(x_val), y_val)],
             verbose=10,  # logs every 10th round
         )
         self._bind()

@@ -65,14 +65,6 @@ def _files_under(directory: Path) -> list[Path]:
 PRODUCTION, ARCHIVED, CANDIDATE, REJECTED = "production", "archived", "candidate", "rejected"
 
 
-def _status(location: str, production: bool, served_before: bool) -> str:
-    if location == FAILED:
-        return REJECTED
-    if production:
-        return PRODUCTION
-    return ARCHIVED if served_before else CANDIDATE
-
-
 @dataclass(frozen=True)
 class Pointer:
     """The production pointer as stored: the serving version and what came before."""
@@ -280,8 +272,7 @@ class Registry:
         ``archived`` (served before), ``candidate`` (passed, never served) or
         ``rejected`` (refused by the gate); ``location`` is its storage prefix.
         """
-        current = self.production()
-        served = {entry["version"] for entry in (current.history if current else [])}
+        status_of = self._status_function()
         rows = []
         for status in STATUSES:
             for obj in self.client.list_objects(self.bucket, prefix=f"{status}/"):
@@ -290,12 +281,12 @@ class Registry:
                 if raw is None:  # an upload that never finished: not a version
                     continue
                 meta = json.loads(raw)
-                production = current is not None and current.version == version
+                shown = status_of(version, status)
                 rows.append({
                     "version": version,
-                    "status": _status(status, production, version in served),
+                    "status": shown,
                     "location": status,
-                    "production": production,
+                    "production": shown == PRODUCTION,
                     "kind": meta.get("kind"),
                     "holdout_accuracy": meta.get("metrics", {}).get("accuracy"),
                     "created_at": meta.get("created_at"),
@@ -306,11 +297,23 @@ class Registry:
     def describe(self, version: str) -> dict[str, Any]:
         """A version's metadata with its status as :meth:`list` names it."""
         metadata = self.metadata(version)
+        status = self._status_function()(version, metadata["status"])
+        return {**metadata, "status": status, "location": metadata["status"],
+                "production": status == PRODUCTION}
+
+    def _status_function(self):
+        """``(version, location) -> status`` as people name it, from one pointer read."""
         current = self.production()
-        production = current is not None and current.version == version
         served = {entry["version"] for entry in (current.history if current else [])}
-        return {**metadata, "status": _status(metadata["status"], production, version in served),
-                "location": metadata["status"], "production": production}
+
+        def status_of(version: str, location: str) -> str:
+            if location == FAILED:
+                return REJECTED
+            if current is not None and current.version == version:
+                return PRODUCTION
+            return ARCHIVED if version in served else CANDIDATE
+
+        return status_of
 
     def download(self, version: str, destination: Path) -> dict[str, Any]:
         """Fetch a version into ``destination`` with every sha256 checked; return metadata.

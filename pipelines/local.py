@@ -84,7 +84,7 @@ def task_labels(pipeline) -> dict[str, str]:
 
 def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
     """Refuse what would only fail minutes later, inside a stage."""
-    from components.data import MNIST_FILES, DataError
+    from components.data import DataError, missing_mnist_files
 
     source = arguments.get("source", "mnist")
     if source == "kaggle-csv":
@@ -100,7 +100,7 @@ def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
         if directory is not None:
             if not Path(directory).is_dir():
                 raise DataError(f"{flag} {directory}: no such directory")
-            missing = [n for n in MNIST_FILES if not (Path(directory) / n).is_file()]
+            missing = missing_mnist_files(directory)
             if missing:
                 raise DataError(f"{flag} {directory}: missing {', '.join(missing)}")
     else:
