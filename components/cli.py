@@ -21,10 +21,12 @@ STAGES = {
     "deploy": "components.deploy",
     "report": "components.watch",
     "kaggle": "components.kaggle",
+    "feedback": "components.feedback",
 }
 STAGE_HELP = {
     "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
     "kaggle": "predict Kaggle's test.csv and submit ImageId,Label (digits kaggle run ...)",
+    "feedback": "list or purge the digits users labelled (digits feedback list|purge)",
 }
 
 
@@ -40,7 +42,8 @@ def _models(value: str) -> list[str]:
 
 
 def _add_run(sub) -> None:
-    from pipelines.local import QUICK_ARGUMENTS
+    from components.kaggle import MODES
+    from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS
     from pipelines.training import pipeline_defaults
 
     defaults = pipeline_defaults()
@@ -76,6 +79,17 @@ def _add_run(sub) -> None:
                        ("alpha", "gate: McNemar significance level"),
                        ("max_class_regression", "gate: largest allowed per-digit recall drop")):
         p.add_argument(f"--{name.replace('_', '-')}", type=fraction, help=text + default(name))
+    p.add_argument("--no-feedback", dest="use_feedback", action="store_false", default=None,
+                   help="train without the users' feedback digits (default: with them)")
+    p.add_argument("--feedback-cap", type=fraction,
+                   help="largest share of training feedback may take" + default("feedback_cap"))
+    p.add_argument("--feedback-weight", type=positive_int,
+                   help="times each feedback digit counts" + default("feedback_weight"))
+    p.add_argument("--kaggle", choices=MODES, default=LOCAL_KAGGLE_MODE,
+                   help="after a promotion: score a Kaggle-format submission of the holdout "
+                   "offline, submit it (online: needs --kaggle-test and credentials), or submit "
+                   "only when both are at hand (auto)")
+    p.add_argument("--kaggle-test", type=Path, help="Kaggle's test.csv, for --kaggle online/auto")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--verbose", action="store_true",
                    help="stream every task's full output (always kept in the run's logs/)")
@@ -93,6 +107,9 @@ def _run(args) -> int:
         "train_size": args.train_size, "epochs": args.epochs, "xgb_rounds": args.xgb_rounds,
         "min_accuracy": args.min_accuracy, "min_improvement": args.min_improvement,
         "alpha": args.alpha, "max_class_regression": args.max_class_regression,
+        "use_feedback": args.use_feedback, "feedback_cap": args.feedback_cap,
+        "feedback_weight": args.feedback_weight, "kaggle_mode": args.kaggle,
+        "kaggle_test_csv": str(args.kaggle_test.resolve()) if args.kaggle_test else None,
     }
     arguments.update({k: v for k, v in explicit.items() if v is not None})
     summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose)
@@ -116,12 +133,9 @@ def _add_registry(sub) -> None:
 
 
 def _registry(args) -> int:
-    from components.registry import Registry
-    from components.s3local import s3_environment
-    from components.settings import get_settings
+    from components.registry import open_registry
 
-    with s3_environment(get_settings()):
-        registry = Registry.from_settings(get_settings())
+    with open_registry() as registry:
         if args.verb == "list":
             result = registry.list()
         elif args.verb == "show":

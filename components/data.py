@@ -310,9 +310,22 @@ def content_holdout_mask(images: np.ndarray, fraction: float) -> np.ndarray:
     return buckets < fraction * 2**32
 
 
+def _no_images() -> np.ndarray:
+    return np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros(0, dtype=np.uint8)
+
+
 @dataclass
 class Dataset:
-    """Train / validation / frozen holdout splits plus their manifest."""
+    """Train / validation / frozen holdout splits plus their manifest.
+
+    ``x_feedback`` / ``y_feedback`` are the users' feedback digits this run
+    trains with (already inside ``x_train``), kept apart too so the report can
+    show how each model does on them; empty when there is none.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -321,6 +334,8 @@ class Dataset:
     x_holdout: np.ndarray
     y_holdout: np.ndarray
     manifest: dict
+    x_feedback: np.ndarray = field(default_factory=_no_images)
+    y_feedback: np.ndarray = field(default_factory=_no_labels)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
@@ -328,7 +343,8 @@ class Dataset:
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        arrays = {f"{p}_{s}": getattr(self, f"{p}_{s}") for s in SPLITS for p in ("x", "y")}
+        arrays = {f"{p}_{s}": getattr(self, f"{p}_{s}")
+                  for s in (*SPLITS, "feedback") for p in ("x", "y")}
         np.savez(directory / DATA_FILE, **arrays)
         (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2))
 
@@ -395,6 +411,32 @@ def build_dataset(
     return dataset
 
 
+def add_feedback(dataset: Dataset, items: list, *, cap: float, weight: int = 1) -> Dataset:
+    """Merge users' feedback digits into the training split only, and say so in the manifest.
+
+    :func:`components.feedback.select_for_training` picks them (unique, none
+    that is also a validation or holdout digit, at most ``cap`` of training);
+    each is added ``weight`` times. Validation and the frozen holdout are
+    untouched, so the gate judges exactly as it would without feedback.
+    """
+    from components.feedback import image_sha256, select_for_training
+
+    if weight < 1:
+        raise DataError(f"--feedback-weight must be at least 1, got {weight}")
+    if not 0 <= cap <= 1:
+        raise DataError(f"--feedback-cap must be within 0..1, got {cap}")
+    judged = np.concatenate([dataset.x_validation, dataset.x_holdout])
+    chosen = select_for_training(items, train_size=len(dataset.y_train), cap=cap, weight=weight,
+                                 excluded={image_sha256(image) for image in judged})
+    dataset.x_feedback, dataset.y_feedback = chosen.images, chosen.labels
+    dataset.x_train = np.concatenate([dataset.x_train, np.repeat(chosen.images, weight, axis=0)])
+    dataset.y_train = np.concatenate([dataset.y_train, np.repeat(chosen.labels, weight)])
+    dataset.manifest["feedback"] = chosen.manifest
+    dataset.manifest["sizes"]["train"] = len(dataset.y_train)
+    dataset.manifest["class_counts"]["train"] = _split_counts(dataset.y_train)
+    return dataset
+
+
 def ingest(
     source: str,
     *,
@@ -405,7 +447,11 @@ def ingest(
     holdout_size: int | None = None,
     settings=None,
 ) -> Dataset:
-    """The ingest stage's core: read a source and produce a versioned :class:`Dataset`."""
+    """The ingest stage's core: read a source and produce a versioned :class:`Dataset`.
+
+    Feedback is merged afterwards (:func:`add_feedback`) by whoever can reach
+    the registry: the pipeline's ingest step.
+    """
     if source == "mnist":
         from components.settings import get_settings
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from components.argparsing import make_parser
 from components.data import Dataset
 from components.metrics import compute_metrics, directory_size_bytes, timed_predict
@@ -19,8 +21,16 @@ from components.report import ModelEvaluation
 
 def evaluate(model: DigitModel, dataset: Dataset, *, name: str | None = None,
              model_dir: Path | None = None, info: dict | None = None) -> ModelEvaluation:
-    """Predict the holdout once and compute every metric from that one pass."""
+    """Predict the holdout once and compute every metric from that one pass.
+
+    When the run trained with users' feedback digits, the model is also scored
+    on them (``info["feedback"]``): shown in the report as a separate set,
+    biased toward hard cases, never used by the gate.
+    """
     info = dict(info or {})
+    if len(dataset.y_feedback):
+        right = model.predict(dataset.x_feedback) == dataset.y_feedback
+        info["feedback"] = {"n": len(right), "accuracy": float(np.mean(right))}
     proba, ms_per_1000 = timed_predict(model.predict_proba, dataset.x_holdout)
     metrics = compute_metrics(
         dataset.y_holdout, proba,

@@ -11,8 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from components.argparsing import make_parser
-from components.data import DataError, ingest
+from components.argparsing import fraction, make_parser, positive_int
+from components.data import DataError, add_feedback, ingest
+from components.feedback import DEFAULT_CAP, load_feedback
+from components.registry import open_registry
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,6 +26,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, help="stratified, seeded subsample of training")
     p.add_argument("--holdout-size", type=int, help="keep only the first N holdout digits")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feedback", action="store_true",
+                   help="merge the users' feedback digits from the registry into training")
+    p.add_argument("--feedback-cap", type=fraction, default=DEFAULT_CAP,
+                   help="largest share of training feedback may take")
+    p.add_argument("--feedback-weight", type=positive_int, default=1,
+                   help="times each feedback digit counts")
     p.add_argument("--output", type=Path, required=True, help="directory for the dataset")
     return p
 
@@ -35,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
             args.source, seed=args.seed, mnist_dir=args.mnist_dir, csv_path=args.csv,
             train_size=args.train_size, holdout_size=args.holdout_size,
         )
+        if args.feedback:
+            with open_registry() as registry:
+                items = load_feedback(registry)
+            add_feedback(dataset, items, cap=args.feedback_cap, weight=args.feedback_weight)
     except DataError as error:
         print(f"digits ingest: {error}", file=sys.stderr)
         return 2
     dataset.save(args.output)
-    print(json.dumps({"sizes": dataset.manifest["sizes"], "source": dataset.manifest["source"]}))
+    print(json.dumps({"sizes": dataset.manifest["sizes"], "source": dataset.manifest["source"],
+                      "feedback": dataset.manifest.get("feedback")}))
     return 0

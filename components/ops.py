@@ -23,14 +23,19 @@ from kfp.dsl import (
     Output,
 )
 
-from components.images import TRAIN_IMAGE
+from components.images import SERVE_IMAGE, TRAIN_IMAGE
 
 component = dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+#: The Kaggle step predicts exactly as the server does: in the serving image.
+serve_component = dsl.component(base_image=SERVE_IMAGE, install_kfp_package=False)
 
 
 @component
 def ingest(
     dataset: Output[Dataset],
+    use_feedback: bool,
+    feedback_cap: float,
+    feedback_weight: int,
     source: str = "mnist",
     mnist_dir: str = "",
     csv_path: str = "",
@@ -38,16 +43,30 @@ def ingest(
     holdout_size: int = 0,
     seed: int = 0,
 ):
-    """Read MNIST or a Kaggle CSV; write train / validation / frozen holdout."""
+    """Read MNIST or a Kaggle CSV; write train / validation / frozen holdout.
+
+    With ``use_feedback``, the users' feedback digits in the registry join the
+    training split only (capped at ``feedback_cap`` of it, each ``feedback_weight`` times).
+    """
+    from components.data import add_feedback
     from components.data import ingest as run_ingest
     from components.progress import headline
 
     data = run_ingest(source, seed=seed, mnist_dir=mnist_dir or None, csv_path=csv_path or None,
                       train_size=train_size or None, holdout_size=holdout_size or None)
+    if use_feedback:
+        from components.feedback import load_feedback
+        from components.registry import Registry
+        from components.settings import get_settings
+
+        items = load_feedback(Registry.from_settings(get_settings()))
+        add_feedback(data, items, cap=feedback_cap, weight=feedback_weight)
     data.save(dataset.path)
     sizes = data.manifest["sizes"]
-    dataset.metadata.update(source=data.manifest["source"], seed=seed, **sizes)
-    headline(" / ".join(f"{count:,} {split}" for split, count in sizes.items()))
+    used = data.manifest.get("feedback", {}).get("used", 0)
+    dataset.metadata.update(source=data.manifest["source"], seed=seed, feedback=used, **sizes)
+    headline(" / ".join(f"{count:,} {split}" for split, count in sizes.items())
+             + (f" ({used:,} feedback)" if use_feedback else ""))
 
 
 @component
@@ -225,3 +244,36 @@ def deploy(
     outcome = json.loads(out.getvalue())
     headline(f"{outcome['status']} {outcome['version']}")
     return out.getvalue().strip()
+
+
+@serve_component
+def kaggle_submit(
+    dataset: Input[Dataset],
+    deployed: str,
+    submission: Output[Artifact],
+    mode: str = "auto",
+    test_csv: str = "",
+) -> str:
+    """Predict Kaggle's format with the version just promoted; submit or score offline; archive.
+
+    ``mode='auto'`` submits when Kaggle credentials (the optional Secret
+    ``digits-kaggle``) and Kaggle's ``test.csv`` are at hand, and otherwise
+    scores the frozen holdout offline, saying plainly that it did not submit.
+    """
+    import json
+    from pathlib import Path
+
+    from components.kaggle import submit_promoted
+    from components.progress import headline
+
+    version = json.loads(deployed)["version"]
+    record = submit_promoted(version, Path(submission.path), mode=mode,
+                             dataset_dir=Path(dataset.path),
+                             test_csv=Path(test_csv) if test_csv else None)
+    submission.metadata.update(mode=record["mode"], version=version, rows=record["rows"],
+                               local_score=record["local_score"],
+                               kaggle_score=record["kaggle_score"])
+    score = record["kaggle_score"] if record["submitted"] else record["local_score"]
+    shown = "" if score is None else f" scored {score:.4f}"
+    headline(f"{record['mode']}{shown}" + ("" if record["submitted"] else ": not submitted"))
+    return json.dumps(record)

@@ -5,6 +5,9 @@ Layout of the bucket::
     versions/<id>/...          promoted-or-promotable models (files + metadata.json)
     failed/<id>/...            models the gate rejected, kept with the evidence
     production.json            the pointer: which version serves, and its history
+    submissions/<stamp>-<version>/  every Kaggle submission, offline or online
+                               (submission.csv, then record.json)
+    feedback/<stamp>-<hash>-<rand>.json  users' labelled digits (components.feedback)
 
 Writes are ordered so that a crash at any point leaves production intact:
 model files first, ``metadata.json`` (with the sha256 of every file) after
@@ -14,6 +17,7 @@ pointer replaced — a single-object ``PUT``, which S3 makes atomic.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,6 +40,8 @@ VERSIONS = "versions"
 FAILED = "failed"
 STATUSES = (VERSIONS, FAILED)
 POINTER = "production.json"
+SUBMISSIONS = "submissions"
+SUBMISSION_FILE, SUBMISSION_RECORD = "submission.csv", "record.json"
 METADATA = "metadata.json"
 
 
@@ -51,6 +57,16 @@ def new_version_id(kind: str) -> str:
     """Sortable, unique, readable: ``20261124T101500Z-cnn-1a2b3c``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{kind}-{os.urandom(3).hex()}"
+
+
+@contextlib.contextmanager
+def open_registry() -> Iterator[Registry]:
+    """The configured registry, or the embedded store ``digits run`` uses, for one command."""
+    from components.s3local import s3_environment
+    from components.settings import get_settings
+
+    with s3_environment(get_settings()):
+        yield Registry.from_settings(get_settings())
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -314,6 +330,37 @@ class Registry:
             return ARCHIVED if version in served else CANDIDATE
 
         return status_of
+
+    # ------------------------------------------------------------------ submissions
+
+    def archive_submission(self, file: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """Keep a Kaggle submission: the exact file, then its record; return the record.
+
+        The key is ``submissions/<UTC stamp>-<version>/``; the record gains the
+        file's sha256 and size and its own key. ``record.json`` goes up last,
+        so a listed submission always has its file.
+        """
+        data = Path(file).read_bytes()
+        self.ensure_bucket()
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        key = f"{SUBMISSIONS}/{stamp}-{record.get('version') or 'unversioned'}"
+        record = {**record, "key": key, "archived_at": utcnow(),
+                  "sha256": sha256_bytes(data), "bytes": len(data)}
+        self._put(f"{key}/{SUBMISSION_FILE}", data, "text/csv")
+        self._put(f"{key}/{SUBMISSION_RECORD}",
+                  json.dumps(record, indent=2, default=str).encode(), "application/json")
+        return record
+
+    def submissions(self) -> list[dict[str, Any]]:
+        """Every archived submission's record, newest first."""
+        records: list[dict[str, Any]] = []
+        if not self.client.bucket_exists(self.bucket):
+            return records
+        for obj in self.client.list_objects(self.bucket, prefix=f"{SUBMISSIONS}/"):
+            raw = self.read(f"{obj.object_name.rstrip('/')}/{SUBMISSION_RECORD}")
+            if raw is not None:  # an upload that never finished: not a submission
+                records.append(json.loads(raw))
+        return sorted(records, key=lambda record: record["key"], reverse=True)
 
     def download(self, version: str, destination: Path) -> dict[str, Any]:
         """Fetch a version into ``destination`` with every sha256 checked; return metadata.

@@ -893,6 +893,22 @@ def _gate_section(gate: Mapping | None) -> str:
     )
 
 
+def _feedback_section(models: dict[str, ModelEvaluation]) -> str:
+    """Accuracy on the users' feedback digits: shown apart, never what the gate judges by."""
+    scored = {name: m.info["feedback"] for name, m in models.items() if m.info.get("feedback")}
+    if not scored:
+        return ""
+    rows = "".join(f'<tr><th scope="row">{_e(name)}</th><td>{f["n"]:,}</td>'
+                   f'<td>{_pct(f["accuracy"])}</td></tr>' for name, f in scored.items())
+    return ('<section id="feedback"><h2>Feedback digits</h2>'
+            "<p>Digits the people using the model labelled, which this run trained on "
+            "(training split only). They lean toward the model's own mistakes, so these "
+            "numbers are biased and <b>never decide the gate</b>: only the frozen holdout "
+            "does.</p>"
+            '<table class="metrics"><thead><tr><th>model</th><th>feedback digits</th>'
+            f"<th>accuracy on them</th></tr></thead><tbody>{rows}</tbody></table></section>")
+
+
 def _comparison_section(models: dict[str, ModelEvaluation], reference: str) -> str:
     intro = (f"<p>Deltas are against <b>{_e(reference)}</b>: "
              '<span class="delta pos">green</span> is better, '
@@ -1114,6 +1130,7 @@ def render_report(
     body = "".join((
         _summary_section(models, gate),
         _gate_section(gate),
+        _feedback_section(models),
         _comparison_section(models, reference),
         '<div id="models">',
         "".join(_model_section(model, i) for i, model in enumerate(models.values())),

@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     s3_region: str | None = None
     bucket: str = "digits-registry"
+    kaggle_score_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="How long a Kaggle submission job waits for Kaggle to score the file.",
+    )
+    kaggle_poll_interval_s: float = Field(
+        default=10.0, gt=0, description="Pause between two reads of the submission's status.",
+    )
+    kaggle_attempts: int = Field(
+        default=4, ge=1, description="Tries per Kaggle call when it times out or answers 5xx.",
+    )
+    kaggle_backoff_s: float = Field(
+        default=2.0, ge=0,
+        description="First back-off between those tries; it doubles each time.",
+    )
 
     @property
     def s3_configured(self) -> bool:

@@ -37,7 +37,12 @@ USER_ERRORS = frozenset({"DataError", "ValueError", "FileNotFoundError", "NotADi
 #: Where runs that failed are moved, so ``runs/`` holds only runs that finished.
 FAILED_RUNS = "failed-runs"
 #: The order stages appear in the progress view.
-_STAGE_ORDER = ("ingest", "train", "evaluate", "gate", "report", "deploy", "archive")
+_STAGE_ORDER = ("ingest", "train", "evaluate", "gate", "report", "deploy", "kaggle", "archive")
+#: A local run scores its Kaggle submission offline unless asked (``digits run --kaggle``).
+LOCAL_KAGGLE_MODE = "offline"
+#: What a run summary's ``kaggle`` entry keeps of the archived submission record.
+KAGGLE_SUMMARY = ("mode", "submitted", "file", "key", "rows", "version", "local_score",
+                  "kaggle_score", "note")
 
 
 class RunFailed(RuntimeError):
@@ -105,6 +110,16 @@ def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
                 raise DataError(f"{flag} {directory}: missing {', '.join(missing)}")
     else:
         raise DataError(f"unknown source {source!r}; choose mnist or kaggle-csv")
+    from components.kaggle import MODES, ONLINE
+
+    mode = arguments.get("kaggle_mode", LOCAL_KAGGLE_MODE)
+    test_csv = arguments.get("kaggle_test_csv")
+    if mode not in MODES:
+        raise DataError(f"--kaggle {mode}: choose from {', '.join(MODES)}")
+    if test_csv and not Path(test_csv).is_file():
+        raise DataError(f"--kaggle-test {test_csv}: no such file")
+    if mode == ONLINE and not test_csv:
+        raise DataError("--kaggle online needs --kaggle-test PATH (Kaggle's test.csv)")
 
 
 @contextlib.contextmanager
@@ -146,6 +161,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     from components.settings import get_settings
 
     settings = settings or get_settings()
+    arguments = {"kaggle_mode": LOCAL_KAGGLE_MODE, **arguments}
     check_arguments(arguments, settings)
     console = console or Console(file=sys.stderr)  # the real one, before redirection
     run_id = arguments.get("run_id") or new_run_id()
@@ -175,7 +191,10 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
                     raise _failure(router, error) from error
                 decision_dir = Path(task.outputs["decision_report"].path)
                 decision = json.loads((decision_dir / DECISION_FILE).read_text())
-                pointer = Registry.from_settings(get_settings()).production()
+                registry = Registry.from_settings(get_settings())
+                version = f"{run_id}-{decision['challenger']['kind']}"
+                pointer, submissions = registry.production(), registry.submissions()
+                feedback = registry.metadata(version)["dataset"].get("feedback")
             for stage in router.stages.values():
                 if stage.state == WAITING:
                     view.changed(stage, SKIPPED)
@@ -188,6 +207,8 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     report = run_dir / "report.html"
     shutil.copyfile(task.outputs["report"].path, report)
     kind = decision["challenger"]["kind"]
+    submitted = next((record for record in submissions if record.get("version") == version
+                      and decision["decision"] == "promote"), None)
     models = {
         name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS}}
         for name, row in decision["candidates"].items()
@@ -202,8 +223,11 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
             "challenger": kind,
             "champion": (decision.get("champion") or {}).get("version"),
         },
-        "version": f"{run_id}-{kind}",
+        "version": version,
         "production": pointer.version if pointer else None,
+        "kaggle": {k: submitted.get(k) for k in KAGGLE_SUMMARY} if submitted else None,
+        "feedback": {"used": feedback["used"], "received": feedback["received"],
+                     "sha256": feedback["sha256"]} if feedback else None,
         "decision_report": str(decision_dir),
         "report": str(report),
         "logs": str(run_dir / "logs"),
@@ -252,7 +276,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [f"gate: {gate['decision'].upper()} {gate['challenger']} "
               f"(champion: {gate['champion'] or 'none'})",
               f"  {gate['reason']}",
-              f"production: {summary['production'] or 'none'}",
-              f"report: {summary['report']}",
-              f"logs: {summary['logs']}"]
+              f"production: {summary['production'] or 'none'}"]
+    if summary.get("feedback"):
+        feedback = summary["feedback"]
+        lines.append(f"feedback: trained with {feedback['used']:,} of {feedback['received']:,} "
+                     "digits users labelled")
+    kaggle = summary.get("kaggle")
+    if kaggle:
+        sent = "submitted" if kaggle["submitted"] else "not submitted"
+        score = kaggle["kaggle_score"] if kaggle["submitted"] else kaggle["local_score"]
+        where = "Kaggle" if kaggle["submitted"] else "holdout"
+        scored = "" if score is None else f", {where} score {score:.4f}"
+        lines.append(f"kaggle: {kaggle['mode']} ({sent}){scored}: {kaggle['file']}")
+    lines += [f"report: {summary['report']}", f"logs: {summary['logs']}"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest → train (parallel) → evaluate → gate → report → deploy.
+"""The training pipeline: ingest → train (parallel) → evaluate → gate → report → deploy → Kaggle.
 
 Only wiring lives here; every stage is a component from :mod:`components.ops`.
 :func:`build_pipeline` makes a pipeline for any subset of model families
@@ -13,6 +13,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 
 from components import ops
+from components.feedback import DEFAULT_CAP
 from components.gate import GatePolicy
 from components.models import CNN, Baseline, XGBoost
 
@@ -24,6 +25,9 @@ S3_SECRET = "digits-s3"
 S3_CONFIG_MAP = "digits-config"
 S3_SECRET_KEYS = ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")
 S3_CONFIG_KEYS = ("DIGITS_S3_ENDPOINT", "DIGITS_S3_SECURE", "DIGITS_BUCKET")
+#: The optional Secret holding Kaggle credentials; without it the Kaggle step runs offline.
+KAGGLE_SECRET = "digits-kaggle"
+KAGGLE_SECRET_KEYS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
 
 _POLICY = GatePolicy()
 # Each family's defaults live on the family; the pipeline's parameters start from them.
@@ -67,6 +71,9 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         train_size: int = 0,
         holdout_size: int = 0,
         seed: int = 0,
+        use_feedback: bool = True,
+        feedback_cap: float = DEFAULT_CAP,
+        feedback_weight: int = 1,
         epochs: int = _CNN["epochs"],
         batch_size: int = _CNN["batch_size"],
         cnn_learning_rate: float = _CNN["learning_rate"],
@@ -78,12 +85,15 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         min_improvement: float = _POLICY.min_improvement,
         alpha: float = _POLICY.alpha,
         max_class_regression: float = _POLICY.max_class_regression,
+        kaggle_mode: str = "auto",
+        kaggle_test_csv: str = "",
         run_id: str = "",
     ) -> PipelineOutputs:
-        data = ops.ingest(
+        data = _with_registry_access(ops.ingest(
             source=source, mnist_dir=mnist_dir, csv_path=csv_path, train_size=train_size,
-            holdout_size=holdout_size, seed=seed,
-        ).set_display_name("ingest")
+            holdout_size=holdout_size, seed=seed, use_feedback=use_feedback,
+            feedback_cap=feedback_cap, feedback_weight=feedback_weight,
+        ).set_display_name("ingest"))
         dataset = data.outputs["dataset"]
         trainers = {
             "cnn": lambda: ops.train_cnn(
@@ -119,8 +129,15 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
                       "decision_report": judged.outputs["decision_report"],
                       "report": rendered.outputs["html"]}
         with dsl.If(judged.outputs["decision"] == "promote", name="gate-passed"):
-            _with_registry_access(ops.deploy(expect="promote", **registered)
-                                  .set_display_name("deploy"))
+            deployed = _with_registry_access(ops.deploy(expect="promote", **registered)
+                                             .set_display_name("deploy"))
+            submitted = _with_registry_access(ops.kaggle_submit(
+                dataset=dataset, deployed=deployed.output, mode=kaggle_mode,
+                test_csv=kaggle_test_csv,
+            ).set_display_name("kaggle-submit"))
+            kubernetes.use_secret_as_env(
+                submitted, secret_name=KAGGLE_SECRET, optional=True,
+                secret_key_to_env={k: k for k in KAGGLE_SECRET_KEYS})
         with dsl.Else(name="gate-failed"):
             _with_registry_access(ops.deploy(expect="reject", **registered)
                                   .set_display_name("archive-rejected"))

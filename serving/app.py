@@ -9,6 +9,7 @@ Routes
     ``POST /v2/models/{name}[/versions/{v}]/infer``
     ``GET  /v1/models/{name}``, ``POST /v1/models/{name}:predict``  (TF-Serving/KServe v1)
     ``POST /predict``                            image uploads or raw pixels
+    ``POST /feedback``                           a user's label for a digit (training data)
 
 ``create_app()`` builds a fresh app each call and starts nothing: the model
 poller starts with the first request in each process (or from gunicorn's
@@ -24,8 +25,11 @@ from typing import Any
 
 import numpy as np
 from flask import Flask, Response, g, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
+from components.feedback import FeedbackItem, FeedbackStore
 from serving import protocol
 from serving.imaging import IMAGE_TYPES, ImageError, image_to_mnist
 from serving.logs import AccessLog
@@ -128,6 +132,8 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     app.extensions[EXTENSION] = server
     model, metrics = server.model, server.metrics
     access = AccessLog(settings.access_log)
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://",
+                      headers_enabled=True, strategy="moving-window")
 
     @app.before_request
     def _start() -> None:
@@ -341,6 +347,67 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
                 row["source"] = source
         return json_response({"model_name": model.name, "model_version": prediction.version,
                               "model_kind": prediction.kind, "predictions": rows})
+
+    # ------------------------------------------------------------------ /feedback
+
+    @app.post("/feedback")
+    @limiter.limit(lambda: settings.feedback_rate_limit)
+    def feedback() -> Response:
+        """Store one digit with the label a user gave it, for the next training run.
+
+        JSON (``pixels``: the canonical image, ``label``, optional ``predicted``
+        and ``model_version``) or the page's form (an ``image`` file plus the
+        same fields). Each item is its own object in the registry's bucket,
+        so concurrent posts never overwrite one another.
+        """
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("image")
+            if upload is None:
+                raise ApiError(400, "the form needs an 'image' file field (the drawing)")
+            image = _decode_images([upload.read()], ["image"])
+            fields: Mapping[str, Any] = {
+                name: _form_int(name) for name in ("label", "predicted")
+                if request.form.get(name, "") != ""}
+            fields = {**fields, "model_version": request.form.get("model_version") or None}
+            source = "page"
+        elif request.mimetype == "application/json":
+            body = protocol.as_object(protocol.loads(request.get_data(cache=False),
+                                                     array_key=None), "the request")
+            if "pixels" not in body or "label" not in body:
+                raise ApiError(400, "feedback needs 'pixels' (784 values or 28x28, 0..255) "
+                                    "and 'label' (0..9)")
+            image = protocol.pixels_from(body["pixels"], "'pixels'", max_batch=1)
+            fields = {name: body.get(name) for name in ("label", "predicted", "model_version")}
+            source = "api"
+        else:
+            raise ApiError(415, "send feedback as application/json or multipart/form-data "
+                                f"(got {request.content_type or 'no Content-Type'!r})")
+        if "label" not in fields:
+            raise ApiError(400, "feedback needs a 'label' (0..9)")
+        try:
+            item = FeedbackItem.create(image, fields["label"], predicted=fields.get("predicted"),
+                                       model_version=fields.get("model_version"),
+                                       source=source, address=request.remote_addr)
+        except ValueError as error:
+            raise ApiError(400, str(error)) from error
+        try:
+            key = FeedbackStore(model.registry).add(item)
+        except Exception as error:  # the store is down: say so, keep serving
+            log.warning("feedback not stored: %s", error)
+            raise ApiError(503, "feedback cannot be stored right now (registry unreachable); "
+                                "try again later") from error
+        agreed = {None: "unknown", True: "no", False: "yes"}[item.disagreed]
+        metrics.feedback.labels(agreed).inc()
+        return json_response({"id": key.rsplit("/", 1)[1].removesuffix(".json"),
+                              "stored": key, "sha256": item.sha256, "label": item.label,
+                              "predicted": item.predicted, "agreed": agreed}, 201)
+
+    def _form_int(name: str) -> int:
+        raw = request.form[name]
+        try:
+            return int(raw)
+        except ValueError:
+            raise ApiError(400, f"'{name}' must be a whole number 0..9, got {raw!r}") from None
 
     def _decode_images(blobs: list[bytes], sources: list[str]) -> np.ndarray:
         pictures = []

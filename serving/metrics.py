@@ -75,6 +75,12 @@ class Metrics:
             "digits_model_reloads", "Attempts to load a new production model, by result.",
             ["result"], **reg,
         )
+        self.feedback = Counter(
+            "digits_feedback",
+            "Labelled digits users sent back, by whether they agreed with the model "
+            "(yes / no / unknown when the prediction was not sent).",
+            ["agreed"], **reg,
+        )
         self.registry_errors = Counter(
             "digits_registry_errors", "Polls of the registry that failed (store unreachable).",
             **reg,

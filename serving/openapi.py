@@ -28,6 +28,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         404: "Unknown model name or version, or no such endpoint.",
         413: "Body larger than DIGITS_MAX_BODY_BYTES, or batch larger than DIGITS_MAX_BATCH.",
         415: "Unsupported Content-Type.",
+        429: "Too many feedback posts from this client (DIGITS_FEEDBACK_RATE_LIMIT); "
+             "see Retry-After.",
         503: "No model loaded yet.",
     }
     return {str(code): {"$ref": f"#/components/responses/E{code}"} for code in codes
@@ -201,6 +203,18 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             "model_name": {"type": "string"}, "model_version": {"type": "string"},
             "model_kind": {"type": "string"},
             "predictions": {"type": "array", "items": _ref("Prediction")}}},
+        "FeedbackRequest": {"type": "object", "required": ["pixels", "label"], "properties": {
+            "pixels": _ref("Pixels"),
+            "label": _ref("Digit"),
+            "predicted": {**_ref("Digit"), "description": "What the model answered, if known."},
+            "model_version": {"type": "string", "maxLength": 200}}},
+        "Digit": {"type": "integer", "minimum": 0, "maximum": 9},
+        "FeedbackResponse": {"type": "object", "properties": {
+            "id": {"type": "string"},
+            "stored": {"type": "string", "description": "The item's key in the registry bucket."},
+            "sha256": {"type": "string"}, "label": _ref("Digit"),
+            "predicted": {"type": "integer", "nullable": True},
+            "agreed": {"type": "string", "enum": ["yes", "no", "unknown"]}}},
         "V1Request": {"type": "object", "required": ["instances"], "properties": {
             "instances": _ref("Pixels")}},
         "V1Response": {"type": "object", "properties": {
@@ -210,7 +224,8 @@ def spec(server_version: str = "0") -> dict[str, Any]:
     responses = {
         f"E{code}": _json(_ref("Error"), text) for code, text in (
             (400, "Bad request."), (404, "Not found."), (413, "Payload too large."),
-            (415, "Unsupported media type."), (503, "No model loaded yet."))
+            (415, "Unsupported media type."), (429, "Too many requests."),
+            (503, "No model loaded yet."))
     }
     paths: dict[str, Any] = {
         "/": {"get": {"tags": ["web"], "summary": "Drawing page",
@@ -259,6 +274,24 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             }},
             "responses": {"200": _json(_ref("PredictResponse"), "One prediction per image."),
                           **_errors(400, 413, 415, 503)}}},
+        "/feedback": {"post": {
+            "tags": ["feedback"], "summary": "Label one digit for the next training run",
+            "description": (
+                "The digit as the model saw it (`pixels`, one image) or the page's drawing (an "
+                "`image` file, converted like /predict), with the label the user says is right. "
+                "Stored in the registry bucket under `feedback/`; the next run trains with it "
+                "(training split only, capped). A 503 means the store is unreachable."
+            ),
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("FeedbackRequest")},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["image", "label"], "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "label": _ref("Digit"), "predicted": _ref("Digit"),
+                        "model_version": {"type": "string"}}}},
+            }},
+            "responses": {"201": _json(_ref("FeedbackResponse"), "Stored."),
+                          **_errors(400, 413, 415, 429, 503)}}},
     }
     return {
         "openapi": "3.0.3",

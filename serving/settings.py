@@ -65,6 +65,11 @@ class ServeSettings(Settings):
         default=10.0, gt=0,
         description="Connect/read timeout on registry calls, so a dead store never hangs a poll.",
     )
+    feedback_rate_limit: str = Field(
+        default="30/minute",
+        description="Feedback posts one client address may make (per worker), e.g. 30/minute; "
+                    "more get a 429 with Retry-After, so one browser cannot flood the bucket.",
+    )
     model_cache_dir: Path | None = Field(
         default=None,
         description="Where workers unpack downloaded models; unset means a private temp dir.",

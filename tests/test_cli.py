@@ -18,7 +18,7 @@ def test_help_lists_every_command(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for command in ("run", "registry", "compile", "ingest", "train", "evaluate", "gate",
-                    "deploy", "report", "serve", "submit", "simulate", "kaggle"):
+                    "deploy", "report", "serve", "submit", "simulate", "kaggle", "feedback"):
         assert command in out
 
 
@@ -118,6 +118,9 @@ def home(tmp_path, monkeypatch):
     (["run", "--source", "kaggle-csv"], "--source kaggle-csv needs --csv PATH"),
     (["run", "--mnist-dir", "/nonexistent"], "--mnist-dir /nonexistent: no such directory"),
     (["run", "--source", "kaggle-csv", "--csv", "/nonexistent.csv"], "no such file"),
+    (["run", "--kaggle", "online"], "--kaggle online needs --kaggle-test PATH"),
+    (["run", "--kaggle", "auto", "--kaggle-test", "/nonexistent.csv"],
+     "--kaggle-test /nonexistent.csv: no such file"),
 ])
 def test_bad_run_arguments_fail_in_one_line_before_anything_runs(argv, message, home, capsys):
     assert main(argv) == 2

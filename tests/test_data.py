@@ -14,8 +14,11 @@ import pytest
 
 from components.data import (
     MNIST_FILES,
+    SPLITS,
     DataError,
     Dataset,
+    Source,
+    add_feedback,
     build_dataset,
     content_holdout_mask,
     download_mnist,
@@ -280,3 +283,64 @@ def test_resolution_order_override_env_cache(tmp_path, mnist_dir):
     cache = Settings(mnist_dir=None, cache_dir=tmp_path / "cache", mnist_url="http://127.0.0.1:9/")
     with pytest.raises(DataError, match="cannot download"):
         resolve_mnist_dir(None, cache)
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def _feedback(images, labels, *, minutes_ago: float = 0.0):
+    from datetime import datetime, timedelta, timezone
+
+    from components.feedback import FeedbackItem
+
+    now = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    return [FeedbackItem.create(image, int(label), now=now)
+            for image, label in zip(images, labels, strict=True)]
+
+
+def test_feedback_joins_training_only_deduplicated_and_outside_what_judges(tiny_dataset):
+    dataset = build_dataset(
+        tiny_dataset.x_train, tiny_dataset.y_train, tiny_dataset.x_holdout,
+        tiny_dataset.y_holdout, Source("mnist", "test", {}), seed=0)
+    before = {name: dataset.split(name)[0].copy() for name in SPLITS}
+    fresh = np.stack([np.roll(image, 1, axis=1) for image in tiny_dataset.x_validation[:5]])
+    items = (_feedback(fresh, [1, 2, 3, 4, 5], minutes_ago=5)
+             + _feedback(fresh[:1], [7])                       # a later correction wins
+             + _feedback(tiny_dataset.x_holdout[:2], [0, 0])   # holdout digits: never trained on
+             + _feedback(dataset.x_validation[:1], [0]))       # nor validation ones
+    add_feedback(dataset, items, cap=0.5, weight=2)
+
+    manifest = dataset.manifest["feedback"]
+    assert manifest == {**manifest, "received": 9, "unique": 8, "used": 5, "weight": 2,
+                        "dropped_overlap": 3, "dropped_cap": 0}
+    assert len(dataset.y_train) == len(before["train"]) + 10
+    assert dataset.manifest["sizes"]["train"] == len(dataset.y_train)
+    assert np.array_equal(dataset.x_validation, before["validation"])
+    assert np.array_equal(dataset.x_holdout, before["holdout"])
+    assert sorted(dataset.y_feedback.tolist()) == [2, 3, 4, 5, 7]
+    added = dataset.x_train[len(before["train"]):]
+    assert {tuple(image.ravel()) for image in added} == {tuple(image.ravel()) for image in fresh}
+
+
+def test_feedback_is_capped_newest_first_and_recorded_by_digest(tiny_dataset, tmp_path):
+    def fresh_dataset():
+        return build_dataset(tiny_dataset.x_train[:200], tiny_dataset.y_train[:200],
+                             tiny_dataset.x_holdout, tiny_dataset.y_holdout,
+                             Source("mnist", "test", {}), seed=0)
+
+    old = _feedback(255 - tiny_dataset.x_train[:10], range(10), minutes_ago=60)
+    new = _feedback(255 - tiny_dataset.x_train[10:20], range(10))
+    capped = add_feedback(fresh_dataset(), old + new, cap=0.05, weight=1)  # 5% of 183 train
+    assert capped.manifest["feedback"]["used"] == 9
+    assert capped.manifest["feedback"]["dropped_cap"] == 11
+    newest = {tuple(item.image.ravel()) for item in new}
+    assert all(tuple(image.ravel()) in newest for image in capped.x_feedback)
+
+    again = add_feedback(fresh_dataset(), list(reversed(old + new)), cap=0.05, weight=1)
+    assert again.manifest["feedback"]["sha256"] == capped.manifest["feedback"]["sha256"]
+    assert np.array_equal(again.x_train, capped.x_train)
+    capped.save(tmp_path / "d")
+    loaded = Dataset.load(tmp_path / "d")
+    assert np.array_equal(loaded.x_feedback, capped.x_feedback)
+    with pytest.raises(DataError, match="--feedback-weight must be at least 1"):
+        add_feedback(fresh_dataset(), new, cap=0.1, weight=0)

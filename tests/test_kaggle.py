@@ -12,6 +12,7 @@ the registry is the real S3 test server.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import socket
@@ -26,16 +27,19 @@ import pytest
 from components.data import DataError
 from components.kaggle import (
     EXPECTED_ROWS,
+    SubmissionJob,
+    format_submissions,
     main,
     predict_submission,
+    run_submission,
     submit,
     validate_submission,
+    write_test_csv,
 )
 from components.models import create_model, load_model
 from components.registry import Registry
 from components.settings import get_settings
-from components.stem import NUM_PIXELS
-from tests.conftest import KAGGLE_DIR
+from tests.conftest import KAGGLE_DIR, MNIST_DIR
 
 USERNAME, KEY, TOKEN = "digits-tester", "0123456789abcdef", "KGAT_local_test_token"
 API = "/api/v1/competitions.CompetitionApiService"
@@ -49,13 +53,21 @@ class LocalKaggle:
 
     Records every request (method, path, headers, body), checks credentials
     like Kaggle does (HTTP Basic with the legacy key, or a Bearer token that
-    ``IntrospectToken`` vouches for) and keeps uploaded blobs by token.
+    ``IntrospectToken`` vouches for), keeps uploaded blobs by token and lists
+    submissions as ``PENDING`` until ``polls_until_scored`` listings have seen
+    them, then ``COMPLETE`` with a public score: the accuracy of the uploaded
+    labels against ``truth`` (Kaggle's hidden labels, here known to the test).
     """
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
         self.blobs: dict[str, bytes] = {}
         self.upload_status = 200  # set to 5xx to make the blob store fail uploads
+        self.competitions = {"digit-recognizer"}
+        self.truth: np.ndarray | None = None
+        self.polls_until_scored = 2  # set to None: the score never arrives
+        self.failures: dict[str, list[int]] = {}  # API call name -> statuses to answer first
+        self.submissions: list[dict] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.server.server_address[1]
@@ -67,6 +79,15 @@ class LocalKaggle:
     def _authorized(self, header: str | None) -> bool:
         basic = "Basic " + base64.b64encode(f"{USERNAME}:{KEY}".encode()).decode()
         return header in (basic, f"Bearer {TOKEN}")
+
+    def _listed(self, entry: dict) -> dict:
+        """A submission as ``ListSubmissions`` shows it, scored once polled enough."""
+        entry["polls"] += 1
+        if self.polls_until_scored is None or entry["polls"] < self.polls_until_scored:
+            return {"ref": entry["ref"], "status": "PENDING"}
+        labels = np.array([int(line.split(b",")[1]) for line in entry["blob"].splitlines()[1:]])
+        score = float(np.mean(labels == self.truth)) if self.truth is not None else 0.5
+        return {"ref": entry["ref"], "status": "COMPLETE", "publicScore": f"{score:.5f}"}
 
     def _handler(self):
         kaggle = self
@@ -128,6 +149,12 @@ class LocalKaggle:
                     return self._reply(400, {"code": 400, "message": "invalid token"})
                 if not kaggle._authorized(self.headers.get("Authorization")):
                     return self._reply(401, {"code": 401, "message": "Unauthenticated"})
+                pending = kaggle.failures.get(path.rsplit("/", 1)[-1])
+                if pending:
+                    status = pending.pop(0)
+                    return self._reply(status, {"code": status, "message": "try again later"})
+                if request.get("competitionName", "digit-recognizer") not in kaggle.competitions:
+                    return self._reply(404, {"code": 404, "message": "Competition not found"})
                 if path == f"{API}/StartSubmissionUpload":
                     token = f"blob-{len(kaggle.blobs) + 1}"
                     kaggle.blobs[token] = b""
@@ -136,11 +163,17 @@ class LocalKaggle:
                         "createUrl": f"http://127.0.0.1:{kaggle.port}/upload/{token}",
                     })
                 if path == f"{API}/CreateSubmission":
-                    if not kaggle.blobs.get(request.get("blobFileTokens", "")):
+                    blob = kaggle.blobs.get(request.get("blobFileTokens", ""))
+                    if not blob:
                         return self._reply(400, {"code": 400, "message": "nothing uploaded"})
+                    ref = 4242 + len(kaggle.submissions)
+                    kaggle.submissions.append({"ref": ref, "blob": blob, "polls": 0})
                     return self._reply(200, {
-                        "message": "Successfully submitted to Digit Recognizer", "ref": 4242,
+                        "message": "Successfully submitted to Digit Recognizer", "ref": ref,
                     })
+                if path == f"{API}/ListSubmissions":
+                    return self._reply(200, {"submissions": [
+                        kaggle._listed(entry) for entry in reversed(kaggle.submissions)]})
                 if path == f"{API}/GetSubmissionLimits":
                     return self._reply(200, {"remainingSubmissions": 4})
                 return self._reply(404, {"code": 404, "message": f"unknown call {path}"})
@@ -163,12 +196,17 @@ def local_kaggle():
 
 
 @pytest.fixture
-def kaggle_env(local_kaggle, tmp_path, monkeypatch) -> LocalKaggle:
+def kaggle_env(local_kaggle, s3_env, tmp_path, monkeypatch) -> LocalKaggle:
     """Point the real client at :class:`LocalKaggle`, with no credentials yet.
 
     ``HOME`` and ``KAGGLE_CONFIG_DIR`` are fresh temp directories, so no
     ``kaggle.json`` or token file of whoever runs the tests can leak in.
+    Submissions are archived in a fresh bucket of the S3 test server; polling
+    and back-off are shortened so the timeout cases take a second, not minutes.
     """
+    monkeypatch.setenv("DIGITS_KAGGLE_POLL_INTERVAL_S", "0.05")
+    monkeypatch.setenv("DIGITS_KAGGLE_SCORE_TIMEOUT_S", "1")
+    monkeypatch.setenv("DIGITS_KAGGLE_BACKOFF_S", "0.01")
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE",
                  "NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
                  "XDG_CONFIG_HOME"):
@@ -208,14 +246,6 @@ def write_submission(path: Path, labels, *, header: str = "ImageId,Label", ids=N
     return path
 
 
-def write_test_csv(path: Path, images: np.ndarray) -> Path:
-    """Kaggle's test.csv layout: ``pixel0..pixel783``, one digit a row, no label."""
-    flat = images.reshape(len(images), NUM_PIXELS)
-    header = ",".join(f"pixel{i}" for i in range(NUM_PIXELS))
-    path.write_text(header + "\n" + "\n".join(",".join(map(str, row)) for row in flat) + "\n")
-    return path
-
-
 def read_submission(path: Path) -> tuple[str, np.ndarray]:
     lines = path.read_text().splitlines()
     return lines[0], np.array([[int(c) for c in line.split(",")] for line in lines[1:]])
@@ -235,7 +265,7 @@ def baseline_dir(tiny_dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def test_csv(tiny_dataset, tmp_path_factory) -> Path:
     """300 genuine MNIST test digits written as Kaggle's test.csv."""
-    return write_test_csv(tmp_path_factory.mktemp("kaggle") / "test.csv", tiny_dataset.x_holdout)
+    return write_test_csv(tiny_dataset.x_holdout, tmp_path_factory.mktemp("kaggle") / "test.csv")
 
 
 # --------------------------------------------------------------------------- validator
@@ -449,10 +479,11 @@ def test_unreachable_kaggle_exits_1(kaggle_env, sample_submission, monkeypatch, 
     assert "cannot reach Kaggle" in capsys.readouterr().err
 
 
-def test_run_predicts_with_production_and_submits(kaggle_env, s3_env, baseline_dir, test_csv,
-                                                  tmp_path, monkeypatch, capsys):
-    """The Kubernetes Job's command, end to end: registry → predict → Kaggle."""
+def test_run_predicts_with_production_submits_and_reads_the_score(
+        kaggle_env, baseline_dir, tiny_dataset, test_csv, tmp_path, monkeypatch, capsys):
+    """The Kubernetes Job's command, end to end: registry → predict → Kaggle → score → archive."""
     _with_key(monkeypatch)
+    kaggle_env.truth = tiny_dataset.y_holdout
     registry = Registry.from_settings(get_settings())
     version = registry.promote(baseline_dir, {"kind": "baseline", "metrics": {"accuracy": 0.9}},
                                "test promotion")
@@ -461,10 +492,126 @@ def test_run_predicts_with_production_and_submits(kaggle_env, s3_env, baseline_d
                  "--message", f"production {version}", "--allow-partial"]) == 0
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 1
-    summary = json.loads(out)
-    assert summary["predict"]["model_version"] == version
-    assert summary["submit"]["kaggle_ref"] == 4242
+    record = json.loads(out)
+    assert record["mode"] == "online" and record["submitted"] is True
+    assert record["version"] == version and record["kaggle_ref"] == 4242
+    accuracy = float(np.mean(load_model(baseline_dir).predict(tiny_dataset.x_holdout)
+                             == tiny_dataset.y_holdout))
+    assert record["kaggle_score"] == pytest.approx(accuracy, abs=1e-5)
+    assert len(kaggle_env.api_calls("ListSubmissions")) == kaggle_env.polls_until_scored
     upload, = [c for c in kaggle_env.calls if c["method"] == "PUT"]
     assert upload["body"] == output.read_bytes()
     create, = kaggle_env.api_calls("CreateSubmission")
     assert json.loads(create["body"])["submissionDescription"] == f"production {version}"
+
+    archived, = registry.submissions()  # the record and the exact bytes Kaggle received
+    assert archived == record and archived["key"].endswith(f"-{version}")
+    stored = registry.read(f"{archived['key']}/submission.csv")
+    assert stored == upload["body"]
+    assert archived["sha256"] == hashlib.sha256(upload["body"]).hexdigest()
+
+
+def test_5xx_and_dropped_status_reads_are_retried(kaggle_env, sample_submission, tmp_path,
+                                                  monkeypatch, capsys):
+    _with_key(monkeypatch)
+    kaggle_env.failures = {"StartSubmissionUpload": [503, 502], "ListSubmissions": [500]}
+    file = tmp_path / "submission.csv"
+    shutil.copy(sample_submission, file)
+    assert main(["submit", "--file", str(file), "--message", "m"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["kaggle_score"] == 0.5 and record["kaggle_ref"] == 4242
+    assert len(kaggle_env.api_calls("StartSubmissionUpload")) == 3
+    assert len(kaggle_env.api_calls("CreateSubmission")) == 1  # one submission, not three
+
+
+def test_persistent_5xx_gives_up_after_the_configured_attempts(kaggle_env, sample_submission,
+                                                              monkeypatch, capsys):
+    _with_key(monkeypatch)
+    monkeypatch.setenv("DIGITS_KAGGLE_ATTEMPTS", "3")
+    kaggle_env.failures = {"StartSubmissionUpload": [503] * 5}
+    assert main(["submit", "--file", str(sample_submission), "--message", "m"]) == 1
+    err = capsys.readouterr().err
+    assert "Kaggle answered HTTP 503" in err and "Traceback" not in err
+    assert len(kaggle_env.api_calls("StartSubmissionUpload")) == 3
+    assert kaggle_env.api_calls("CreateSubmission") == []
+
+
+def test_unknown_competition_is_a_clear_failure(kaggle_env, sample_submission, monkeypatch,
+                                                capsys):
+    _with_key(monkeypatch)
+    assert main(["submit", "--file", str(sample_submission), "--message", "m",
+                 "--competition", "no-such-competition"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "HTTP 404" in err and "'no-such-competition'" in err
+    assert Registry.from_settings(get_settings()).submissions() == []  # nothing was submitted
+
+
+def test_a_score_that_never_arrives_fails_but_the_submission_is_archived(
+        kaggle_env, sample_submission, tmp_path, monkeypatch, capsys):
+    _with_key(monkeypatch)
+    kaggle_env.polls_until_scored = None
+    file = tmp_path / "submission.csv"
+    shutil.copy(sample_submission, file)
+    assert main(["submit", "--file", str(file), "--message", "m"]) == 1
+    assert "had not scored submission 4242" in capsys.readouterr().err
+    record, = Registry.from_settings(get_settings()).submissions()
+    assert record["submitted"] and record["kaggle_score"] is None
+    assert "had not scored" in record["error"]
+    assert record["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def test_dry_run_predicts_the_holdout_scores_it_and_never_touches_the_network(
+        kaggle_env, baseline_dir, tiny_dataset, tmp_path, monkeypatch, capsys):
+    _with_key(monkeypatch)  # credentials present, yet a dry run sends nothing
+    dataset_dir = tmp_path / "dataset"
+    tiny_dataset.save(dataset_dir)
+    output = tmp_path / "dry.csv"
+    assert main(["run", "--dry-run", "--output", str(output), "--model-dir", str(baseline_dir),
+                 "--dataset", str(dataset_dir)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert kaggle_env.calls == []
+    predicted = load_model(baseline_dir).predict(tiny_dataset.x_holdout)
+    assert record["local_score"] == pytest.approx(np.mean(predicted == tiny_dataset.y_holdout))
+    assert record["mode"] == "offline" and record["submitted"] is False
+    assert record["kaggle_score"] is None and "nothing was sent" in record["note"]
+    assert record["rows"] == len(tiny_dataset.y_holdout)
+    assert np.array_equal(read_submission(output)[1][:, 1], predicted)
+
+    assert main(["list", "--json"]) == 0
+    listed, = json.loads(capsys.readouterr().out)
+    assert listed == record
+    assert main(["list"]) == 0
+    table = capsys.readouterr().out
+    assert "offline" in table and f"{record['local_score']:.5f}" in table
+
+
+def test_dry_run_defaults_to_mnist_test_set_in_kaggles_format(
+        kaggle_env, baseline_dir, sample_submission, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIGITS_MNIST_DIR", str(MNIST_DIR))
+    output = tmp_path / "dry.csv"
+    assert main(["run", "--dry-run", "--output", str(output),
+                 "--model-dir", str(baseline_dir)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["rows"] == 10_000 and "MNIST t10k" in record["test_source"]
+    assert 0.7 < record["local_score"] < 1.0  # a 600-digit logistic regression
+    # Same columns as Kaggle's own sample file, so the same validator accepts both.
+    assert output.read_text().splitlines()[0] == sample_submission.read_text().splitlines()[0]
+    assert kaggle_env.calls == []
+
+
+def test_auto_mode_without_credentials_runs_offline_and_says_so(
+        kaggle_env, baseline_dir, tiny_dataset, test_csv, tmp_path):
+    registry = Registry.from_settings(get_settings())
+    job = SubmissionJob(output=tmp_path / "s.csv", mode="auto", test_csv=test_csv,
+                        allow_partial=True)
+    info = {"version": "v1", "kind": "baseline", "source": "test"}
+    record = run_submission(job, load_model(baseline_dir), info, registry)
+    assert record["mode"] == "offline" and not record["submitted"]
+    assert "no Kaggle credentials" in record["note"] and "did not submit" in record["note"]
+    assert record["local_score"] is None  # Kaggle's test labels are not known here
+    assert kaggle_env.calls == []
+    assert format_submissions(registry.submissions()).splitlines()[1].split()[1] == "offline"

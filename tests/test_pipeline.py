@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from components.images import TRAIN_IMAGE
+from components.images import SERVE_IMAGE, TRAIN_IMAGE
 from pipelines.training import (
     COMPILED,
+    KAGGLE_SECRET,
+    KAGGLE_SECRET_KEYS,
     MODEL_FAMILIES,
     S3_SECRET,
     S3_SECRET_KEYS,
@@ -42,11 +44,30 @@ def test_staleness_ignores_a_kfp_patch_release_but_not_a_wiring_change(compiled)
     assert pipeline_wiring(rewired) != pipeline_wiring(text)
 
 
-def test_every_executor_runs_in_the_train_image(compiled):
+def test_stages_run_in_the_train_image_and_the_kaggle_step_in_the_serve_image(compiled):
     _, spec, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) >= 7
-    assert {e["container"]["image"] for e in executors.values()} == {TRAIN_IMAGE}
+    assert len(executors) >= 8
+    images = {name: e["container"]["image"] for name, e in executors.items()}
+    assert images.pop("exec-kaggle-submit") == SERVE_IMAGE
+    assert set(images.values()) == {TRAIN_IMAGE}
+
+
+def test_kaggle_step_follows_deploy_in_the_promote_branch_with_optional_credentials(compiled):
+    _, spec, platform = compiled
+    promote = next(c["dag"]["tasks"] for name, c in spec["components"].items()
+                   if name.startswith("comp-condition-") and "kaggle-submit" in c["dag"]["tasks"])
+    assert promote["deploy"]["inputs"]["parameters"]["expect"]["runtimeValue"]["constant"] \
+        == "promote"
+    kaggle = promote["kaggle-submit"]
+    assert kaggle["dependentTasks"] == ["deploy"]
+    assert kaggle["inputs"]["parameters"]["deployed"]["taskOutputParameter"]["producerTask"] \
+        == "deploy"
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        "exec-kaggle-submit"]
+    kaggle_secret = next(e for e in executor["secretAsEnv"] if e["secretName"] == KAGGLE_SECRET)
+    assert kaggle_secret["optional"] is True  # no Secret: the step runs offline
+    assert {kv["envVar"] for kv in kaggle_secret["keyToEnv"]} == set(KAGGLE_SECRET_KEYS)
 
 
 def test_models_train_in_parallel_branches_and_deploy_is_conditional(compiled):
@@ -63,7 +84,8 @@ def test_models_train_in_parallel_branches_and_deploy_is_conditional(compiled):
     assert len(conditions) == 2, "deploy must sit behind dsl.If / dsl.Else"
     assert conditions[0] == f"!({conditions[1]})" and conditions[1].endswith("== 'promote'")
     deploys = [t for name, c in spec["components"].items() if name.startswith("comp-condition-")
-               and name != "comp-condition-branches-1" for t in c["dag"]["tasks"].values()]
+               and name != "comp-condition-branches-1" for t in c["dag"]["tasks"].values()
+               if t["componentRef"]["name"].startswith("comp-deploy")]
     assert sorted(t["inputs"]["parameters"]["expect"]["runtimeValue"]["constant"]
                   for t in deploys) == ["promote", "reject"]
 
@@ -74,10 +96,10 @@ def test_s3_credentials_come_from_a_secret_not_parameters(compiled):
     assert not [p for p in params if "key" in p.lower() or "secret" in p.lower()]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secret_users = [e for e in executors.values() if "secretAsEnv" in e]
-    assert len(secret_users) == 3  # the gate and the deploy step in each branch
+    # ingest (feedback), the gate, the deploy step in each branch, the Kaggle step
+    assert len(secret_users) == 5
     for executor in secret_users:
-        [entry] = executor["secretAsEnv"]
-        assert entry["secretName"] == S3_SECRET
+        entry = next(e for e in executor["secretAsEnv"] if e["secretName"] == S3_SECRET)
         assert {kv["envVar"] for kv in entry["keyToEnv"]} == set(S3_SECRET_KEYS)
 
 
@@ -85,7 +107,8 @@ def test_pipeline_parameters_expose_training_and_gate_knobs(compiled):
     _, spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     for name in ("train_size", "epochs", "batch_size", "xgb_rounds", "xgb_max_depth", "seed",
-                 "min_accuracy", "min_improvement", "alpha", "max_class_regression"):
+                 "min_accuracy", "min_improvement", "alpha", "max_class_regression",
+                 "kaggle_mode", "kaggle_test_csv"):
         assert name in params
 
 

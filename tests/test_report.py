@@ -391,3 +391,34 @@ def test_renders_in_headless_chromium(evaluations, tmp_path):
     non_white = (pixels.min(axis=1) < 240).mean()
     assert colours > 500, f"only {colours} distinct colours: blank or unstyled page?"
     assert non_white > 0.05, f"only {non_white:.1%} of the page is not white"
+
+
+def test_feedback_accuracy_is_shown_apart_only_when_the_run_had_feedback(tiny_dataset,
+                                                                         evaluations):
+    from dataclasses import replace
+
+    from components.data import Source, add_feedback, build_dataset
+    from components.evaluate import evaluate
+    from components.feedback import FeedbackItem
+    from components.models import create_model
+
+    assert 'id="feedback"' not in render_report(evaluations, _gate(evaluations))
+    d = tiny_dataset
+    dataset = build_dataset(d.x_train, d.y_train, d.x_holdout, d.y_holdout,
+                            Source("mnist", "test", {}), seed=0)
+    corrections = [FeedbackItem.create(255 - image, int(label))  # inverted: hard for the model
+                   for image, label in zip(d.x_train[:20], d.y_train[:20], strict=True)]
+    add_feedback(dataset, corrections, cap=0.1, weight=1)
+    model = create_model("baseline", max_iter=50)
+    model.fit(dataset.x_train, dataset.y_train, dataset.x_validation, dataset.y_validation)
+    scored = evaluate(model, dataset)
+    right = model.predict(dataset.x_feedback) == dataset.y_feedback
+    assert scored.info["feedback"] == {"n": 20, "accuracy": float(right.mean())}
+    models = {"baseline": replace(scored, name="baseline"), **{
+        k: v for k, v in evaluations.items() if k != "baseline"}}
+    html = render_report(models, _gate(evaluations))
+    section = html[html.index('<section id="feedback">'):]
+    section = section[:section.index("</section>")]
+    assert "never decide the gate" in section
+    assert "baseline" in section and "xgboost" not in section  # no feedback, no row
+    assert f"{100 * right.mean():.2f}%" in section

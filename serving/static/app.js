@@ -13,11 +13,15 @@
   var errorEl = document.getElementById("error");
   var versionEl = document.getElementById("version");
   var kindEl = document.getElementById("kind");
+  var feedbackEl = document.getElementById("feedback");
+  var digitsEl = document.getElementById("digits");
+  var thanksEl = document.getElementById("thanks");
 
   var drawing = false;
   var dirty = false;
   var last = null;
   var sequence = 0;     // only the newest answer is shown
+  var shown = null;     // the drawing and answer the feedback buttons refer to
 
   function reset() {
     ctx.fillStyle = "#fff";
@@ -31,6 +35,8 @@
     labelEl.textContent = "";
     confidenceEl.textContent = "";
     errorEl.hidden = true;
+    feedbackEl.hidden = true;
+    shown = null;
     renderBars(null);
   }
 
@@ -159,6 +165,9 @@
         confidenceEl.textContent = (100 * result.probabilities[result.label]).toFixed(1) + "%";
         renderBars(result.probabilities);
         showVersion(answer.body.model_version, answer.body.model_kind);
+        shown = { blob: blob, label: result.label, version: answer.body.model_version };
+        thanksEl.hidden = true;
+        feedbackEl.hidden = false;
         document.body.dataset.predictions = String(mine);
       }).catch(function (err) {
         if (mine === sequence) showError("request failed: " + err);
@@ -174,6 +183,40 @@
     }).catch(function () { showVersion(null, null); });
   }
 
+  // Feedback: the user confirms the answer or picks the right digit; the drawing
+  // goes to POST /feedback as the same PNG /predict saw, with both labels.
+  function sendFeedback(label) {
+    if (!shown) return;
+    var form = new FormData();
+    form.append("image", shown.blob, "drawing.png");
+    form.append("label", String(label));
+    form.append("predicted", String(shown.label));
+    if (shown.version) form.append("model_version", shown.version);
+    shown = null;                                  // one answer per drawing
+    fetch("/feedback", { method: "POST", body: form }).then(function (response) {
+      return response.json().then(function (body) { return { ok: response.ok, body: body }; });
+    }).then(function (answer) {
+      if (!answer.ok) {
+        showError(answer.body.error || "the server refused the feedback");
+        return;
+      }
+      thanksEl.textContent = "Thanks: saved as a " + answer.body.label + ".";
+      thanksEl.hidden = false;
+      document.body.dataset.feedback = answer.body.stored;
+    }).catch(function (err) { showError("feedback failed: " + err); });
+  }
+
+  for (var d = 0; d < 10; d++) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.textContent = String(d);
+    b.dataset.digit = String(d);
+    b.addEventListener("click", function (e) { sendFeedback(Number(e.target.dataset.digit)); });
+    digitsEl.appendChild(b);
+  }
+  document.getElementById("confirm").addEventListener("click", function () {
+    if (shown) sendFeedback(shown.label);
+  });
   document.getElementById("clear").addEventListener("click", reset);
   document.getElementById("predict").addEventListener("click", predict);
   reset();

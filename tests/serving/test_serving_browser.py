@@ -128,3 +128,47 @@ def test_draw_a_seven_by_touch(browser, base_url, served):
     assert shown_version == version
     expected = server_prediction(base_url, canvas_png(browser))
     assert label == str(expected["predictions"][0]["label"])
+
+
+def test_correct_me_and_confirm_send_feedback(browser, base_url, served):
+    from components.feedback import load_feedback
+    from serving.imaging import image_to_mnist
+
+    app, _, version, _ = served
+    registry = app.extensions["digits"].model.registry
+    before = len(load_feedback(registry))
+    browser.get(base_url + "/")
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_element(By.ID, "version").text == version)
+    assert not browser.find_element(By.ID, "feedback").is_displayed()  # nothing to judge yet
+    canvas = browser.find_element(By.ID, "pad")
+    actions = ActionChains(browser)
+    actions.move_to_element_with_offset(canvas, 5, -95).click_and_hold()
+    for _step in range(1, 20):
+        actions.move_by_offset(-1, 10)
+    actions.release().perform()
+    wait_for_prediction(browser, 1)
+    predicted = int(shown(browser)[0])
+    drawing = canvas_png(browser)
+
+    browser.find_element(By.CSS_SELECTOR, '#digits button[data-digit="7"]').click()
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return document.body.dataset.feedback"))
+    assert browser.find_element(By.ID, "thanks").text == "Thanks: saved as a 7."
+    corrected = load_feedback(registry)[before:]
+    assert [(item.label, item.predicted, item.source, item.model_version)
+            for item in corrected] == [(7, predicted, "page", version)]
+    assert (corrected[0].image == image_to_mnist(drawing)).all()
+
+    browser.find_element(By.ID, "clear").click()
+    assert not browser.find_element(By.ID, "feedback").is_displayed()
+    actions = ActionChains(browser)
+    actions.move_to_element_with_offset(canvas, 5, -95).click_and_hold()
+    for _step in range(1, 20):
+        actions.move_by_offset(-1, 10)
+    actions.release().perform()
+    wait_for_prediction(browser, 2)
+    browser.find_element(By.ID, "confirm").click()
+    WebDriverWait(browser, 10).until(lambda d: len(load_feedback(registry)) == before + 2)
+    confirmed = load_feedback(registry)[-1]
+    assert confirmed.label == confirmed.predicted == int(shown(browser)[0])
