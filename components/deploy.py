@@ -19,7 +19,7 @@ from components import __version__
 from components.argparsing import make_parser
 from components.gate import DECISION_FILE, EVALUATION_DIR, PROMOTE
 from components.models import read_info
-from components.registry import FAILED, Registry, utcnow
+from components.registry import FAILED, ProductionMoved, Registry, utcnow
 from components.report import REPORT_FILE, ModelEvaluation
 from components.watch import GATE_DIR
 
@@ -73,6 +73,11 @@ def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
            manifest: dict[str, Any], run_id: str = "") -> dict[str, Any]:
     """Promote or archive the challenger according to the decision; return where it went.
 
+    A promotion only replaces the champion the gate judged against; if another
+    run promoted in between, this challenger is archived as rejected with that
+    reason (:class:`~components.registry.ProductionMoved`) and production keeps
+    the other run's model.
+
     ``challenger_dir`` is the assembled version (see :func:`assemble`). With a
     ``run_id`` the version is ``<run_id>-<kind>``, so whoever started the run
     knows its version without asking the registry.
@@ -80,11 +85,19 @@ def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
     metadata = build_metadata(challenger_dir, decision, manifest)
     version = f"{run_id}-{metadata['kind']}" if run_id else None
     if decision["decision"] == PROMOTE:
-        version = registry.promote(challenger_dir, metadata, decision["reason"], version)
-        return {"version": version, "status": "promoted", "production": version}
+        try:
+            version = registry.promote(challenger_dir, metadata, decision["reason"], version,
+                                       expect_champion=metadata["champion_version"])
+            return {"version": version, "status": "promoted", "production": version,
+                    "reason": decision["reason"]}
+        except ProductionMoved as error:  # a racing run promoted first: this one lost
+            reason = f"not promoted: {error}"
+            metadata["gate"] = {**metadata["gate"], "decision": "reject", "reason": reason}
+    else:
+        reason = decision["reason"]
     version = registry.publish(challenger_dir, metadata, status=FAILED, version=version)
     current = registry.production()
-    return {"version": version, "status": "rejected",
+    return {"version": version, "status": "rejected", "reason": reason,
             "production": current.version if current else None}
 
 

@@ -122,8 +122,10 @@ class FeedbackStore:
             return []
         found = []
         for obj in client.list_objects(bucket, prefix=f"{PREFIX}/"):
+            if obj.is_dir or not obj.object_name.endswith(".json"):
+                continue  # some stores list a folder entry once items are deleted
             raw = self.registry.read(obj.object_name)
-            if raw is not None:
+            if raw:  # None: deleted between listing and reading
                 found.append((obj.object_name, FeedbackItem(**json.loads(raw))))
         return sorted(found, key=lambda pair: pair[0])
 

@@ -266,7 +266,11 @@ def kaggle_submit(
     from components.kaggle import submit_promoted
     from components.progress import headline
 
-    version = json.loads(deployed)["version"]
+    outcome = json.loads(deployed)
+    version = outcome["version"]
+    if outcome["status"] != "promoted":  # lost a race to another run: nothing to submit
+        headline(f"skipped: {version} was not promoted")
+        return json.dumps(None)
     record = submit_promoted(version, Path(submission.path), mode=mode,
                              dataset_dir=Path(dataset.path),
                              test_csv=Path(test_csv) if test_csv else None)

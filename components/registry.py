@@ -49,6 +49,18 @@ class RegistryError(RuntimeError):
     """The registry refused an operation; the message says which and why."""
 
 
+class ProductionMoved(RegistryError):
+    """Production is not (or no longer) what the caller judged against: nothing was changed.
+
+    Raised when a promotion expected one champion and finds another, and when
+    the pointer changed between reading it and replacing it (a racing run).
+    """
+
+
+#: ``expect_champion``'s default: promote whatever production is now (manual operations).
+ANY_CHAMPION = object()
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -205,58 +217,116 @@ class Registry:
         for _ in self._checked_files(metadata):
             pass
 
+    def _read_pointer(self) -> tuple[Pointer | None, str | None]:
+        """The pointer and its ETag (``None, None`` when production is empty)."""
+        try:
+            response = self.client.get_object(self.bucket, POINTER)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchBucket"):
+                return None, None
+            raise
+        try:
+            raw, etag = response.read(), response.headers.get("ETag")
+        finally:
+            response.close()
+            response.release_conn()
+        try:
+            return Pointer(**json.loads(raw)), etag
+        except (TypeError, ValueError) as error:
+            raise RegistryError(f"{POINTER} is unreadable ({error})") from error
+
+    def _conditional_put(self, key: str, data: bytes, *, etag: str | None) -> None:
+        """PUT ``key`` only if it is unchanged since read (``If-Match``) or still absent.
+
+        S3 conditional writes (AWS since 2024, MinIO, SeaweedFS 4.x) make the
+        pointer a compare-and-swap: of two racing writers exactly one wins, the
+        other gets 412 and :class:`ProductionMoved`. minio-py 7.2's
+        ``put_object`` cannot send these headers, so this one request goes
+        through the client's own signed-request method.
+        """
+        condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
+        headers = {"Content-Type": "application/json", **condition}
+        try:
+            self.client._execute("PUT", self.bucket, key, body=data, headers=headers)
+        except S3Error as error:
+            if error.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ProductionMoved(
+                    "production changed while this change was being made (another run "
+                    "promoted meanwhile); nothing was changed") from None
+            raise
+
     def _point(self, version: str, metadata_raw: bytes, reason: str,
-               history: list[dict[str, str]]) -> Pointer:
-        """Replace the pointer: one single-object PUT, the last step of every change."""
+               current: Pointer | None, etag: str | None,
+               history: list[dict[str, str]] | None = None) -> Pointer:
+        """Replace the pointer read as ``current``/``etag``: one conditional PUT, the last step.
+
+        ``history`` defaults to ``current`` followed by its own history.
+        """
+        if history is None:
+            history = [] if current is None else [
+                {"version": current.version, "updated_at": current.updated_at,
+                 "reason": current.reason}, *current.history]
         pointer = Pointer(version, sha256_bytes(metadata_raw), utcnow(), reason, history)
-        self._put(POINTER, pointer.to_json(), "application/json")
+        self._conditional_put(POINTER, pointer.to_json(), etag=etag)
         log.info("production -> %s (%s)", version, reason)
         return pointer
 
-    def _history_after(self) -> list[dict[str, str]]:
-        """The history a new pointer carries: the current one first, then its own."""
-        current = self.production()
-        if current is None:
-            return []
-        return [{"version": current.version, "updated_at": current.updated_at,
-                 "reason": current.reason}, *current.history]
-
     def set_production(self, version: str, reason: str) -> Pointer:
         """Point production at a verified version under ``versions/``; keep the history."""
+        current, etag = self._read_pointer()
         metadata, raw = self._metadata(version)
         if metadata["status"] != VERSIONS:
             raise RegistryError(f"{version} was rejected by the gate (it is under failed/)")
         self._verify_files(metadata)
-        return self._point(version, raw, reason, self._history_after())
+        return self._point(version, raw, reason, current, etag)
 
     def promote(self, model_dir: Path, metadata: dict[str, Any], reason: str,
-                version: str | None = None) -> str:
-        """Publish under ``versions/`` and, once verified, move the pointer to it."""
+                version: str | None = None, *, expect_champion: Any = ANY_CHAMPION) -> str:
+        """Publish under ``versions/`` and, once verified, move the pointer to it.
+
+        ``expect_champion`` is the production version the gate judged against
+        (``None``: there was none). If production is something else — another
+        run promoted after this one's gate — or changes while this version
+        uploads, :class:`ProductionMoved` is raised, the upload is removed and
+        production is untouched: a challenger only ever replaces the champion
+        it beat.
+        """
+        current, etag = self._read_pointer()
+        now = current.version if current else None
+        if expect_champion is not ANY_CHAMPION and now != expect_champion:
+            raise ProductionMoved(
+                f"production is {now or 'empty'} but the gate judged against "
+                f"{expect_champion or 'no champion'}: another run promoted meanwhile")
         version, raw = self._publish(model_dir, metadata, VERSIONS, version)
-        self._point(version, raw, reason, self._history_after())
+        try:
+            self._point(version, raw, reason, current, etag)
+        except ProductionMoved:
+            self._remove(f"{VERSIONS}/{version}/")
+            raise
         return version
 
     def rollback(self, reason: str = "rollback") -> Pointer:
         """Point production back at the version it served before the current one."""
-        current = self.production()
+        current, etag = self._read_pointer()
         if current is None or not current.history:
             raise RegistryError("nothing to roll back to: production has no earlier version")
         previous = current.history[0]["version"]
         metadata, raw = self._metadata(previous)
         self._verify_files(metadata)
-        return self._point(previous, raw, f"{reason} (from {current.version})",
-                           current.history[1:])
+        return self._point(previous, raw, f"{reason} (from {current.version})", current, etag,
+                           history=current.history[1:])
+
+    def _remove(self, prefix: str) -> None:
+        """Delete every object under ``prefix`` (metadata first: never a half version)."""
+        names = [obj.object_name for obj in
+                 self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+        for name in sorted(names, key=lambda name: not name.endswith(METADATA)):
+            self.client.remove_object(self.bucket, name)
 
     # ------------------------------------------------------------------ reading
 
     def production(self) -> Pointer | None:
-        raw = self.read(POINTER)
-        if raw is None:
-            return None
-        try:
-            return Pointer(**json.loads(raw))
-        except (TypeError, ValueError) as error:
-            raise RegistryError(f"{POINTER} is unreadable ({error})") from error
+        return self._read_pointer()[0]
 
     def metadata(self, version: str) -> dict[str, Any]:
         return self._metadata(version)[0]

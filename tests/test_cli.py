@@ -65,7 +65,17 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
                  "--run-id", "run1"]) == 0
     outcome = json.loads(capsys.readouterr().out)
     assert outcome == {"version": "run1-baseline", "status": "promoted",
-                       "production": "run1-baseline"}
+                       "production": "run1-baseline", "reason": decision["reason"]}
+
+    # A second run judged against the same empty production lost the race: archived, not served.
+    racing = ["deploy", "--challenger", str(tmp_path / "challenger"),
+              "--decision", str(tmp_path / "decision"), "--dataset", str(data),
+              "--run-id", "run2", "--expect", "promote"]
+    assert main(racing) == 0
+    lost = json.loads(capsys.readouterr().out)
+    assert lost["status"] == "rejected" and lost["production"] == "run1-baseline"
+    assert "production is run1-baseline but the gate judged against no champion" in lost["reason"]
+    assert Registry.from_settings(get_settings()).describe("run2-baseline")["status"] == "rejected"
 
     registry = Registry.from_settings(get_settings())
     stored = registry.metadata("run1-baseline")
@@ -85,10 +95,11 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
     assert main(["registry", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["production"], r["status"]) for r in rows] == [
-        ("run1-baseline", True, "production")]
+        ("run2-baseline", False, "rejected"), ("run1-baseline", True, "production")]
     assert main(["registry", "list"]) == 0
-    header, row = capsys.readouterr().out.splitlines()
+    header, lost_row, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["version", "status", "kind", "holdout", "created", "(UTC)"]
+    assert lost_row.split()[:2] == ["run2-baseline", "rejected"]
     assert row.split()[:4] == ["*", "run1-baseline", "production", "baseline"]
     assert row.split()[4] == f"{decision['challenger']['accuracy']:.2%}"
     assert row.split()[5] == stored["created_at"][:10]

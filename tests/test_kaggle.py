@@ -441,7 +441,9 @@ def test_missing_credentials_exit_2_with_a_clear_message(kaggle_env, sample_subm
 def test_rejected_credentials_exit_2(kaggle_env, sample_submission, monkeypatch, capsys):
     _with_key(monkeypatch, key="wrong-key")
     assert main(["submit", "--file", str(sample_submission), "--message", "m"]) == 2
-    assert "Kaggle rejected the credentials (HTTP 401)" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "Kaggle rejected the credentials (HTTP 401)" in captured.err
+    assert "wrong-key" not in captured.err + captured.out  # never print a secret
     assert kaggle_env.api_calls("StartSubmissionUpload") and not kaggle_env.blobs.get("blob-1")
 
 

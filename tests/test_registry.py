@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import pytest
 from minio import Minio
 
-from components.registry import FAILED, POINTER, Registry, RegistryError
+from components.registry import FAILED, POINTER, ProductionMoved, Registry, RegistryError
 
 
 @pytest.fixture
@@ -29,10 +30,10 @@ def meta(accuracy: float = 0.9) -> dict:
 class FailingPointerWrite(Minio):
     """An S3 client whose connection drops exactly when the pointer is written."""
 
-    def put_object(self, bucket_name, object_name, *args, **kwargs):
-        if object_name == POINTER:
+    def _execute(self, method, bucket_name=None, object_name=None, *args, **kwargs):
+        if method == "PUT" and object_name == POINTER:
             raise ConnectionError("connection reset while writing the pointer")
-        return super().put_object(bucket_name, object_name, *args, **kwargs)
+        return super()._execute(method, bucket_name, object_name, *args, **kwargs)
 
 
 class CorruptingUpload(Minio):
@@ -139,3 +140,69 @@ def test_unknown_version_is_a_clear_error(registry):
     registry.ensure_bucket()
     with pytest.raises(RegistryError, match="no version 'nope'"):
         registry.metadata("nope")
+
+
+# --------------------------------------------------------------------------- racing runs
+
+
+def test_a_challenger_judged_against_an_older_champion_is_not_promoted(registry, model_dir):
+    old = registry.promote(model_dir, meta(0.90), reason="champion")
+    first = registry.promote(model_dir, meta(0.95), reason="run A", expect_champion=old)
+    with pytest.raises(ProductionMoved, match=f"production is {first} but the gate judged "
+                                              f"against {old}"):
+        registry.promote(model_dir, meta(0.93), reason="run B", expect_champion=old)
+    assert registry.production().version == first
+    assert [row["version"] for row in registry.list()] == [first, old]  # B left nothing
+
+
+class PausingPointerWrite(Minio):
+    """A client that stops just before its pointer write until told to go on."""
+
+    def __init__(self, *args, ready: threading.Event, go: threading.Event, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ready, self.go = ready, go
+
+    def _execute(self, method, bucket_name=None, object_name=None, *args, **kwargs):
+        if method == "PUT" and object_name == POINTER:
+            self.ready.set()
+            assert self.go.wait(30)
+        return super()._execute(method, bucket_name, object_name, *args, **kwargs)
+
+
+def test_two_promotions_interleaved_at_the_pointer_exactly_one_wins(registry, model_dir,
+                                                                    s3_server):
+    """B reads production, A promotes meanwhile, then B writes: B must lose, not overwrite."""
+    old = registry.promote(model_dir, meta(0.90), reason="champion")
+    ready, go = threading.Event(), threading.Event()
+    slow = Registry(PausingPointerWrite(s3_server.endpoint, s3_server.access_key,
+                                        s3_server.secret_key, secure=False, region="us-east-1",
+                                        ready=ready, go=go), registry.bucket)
+    outcome: dict = {}
+
+    def run_b() -> None:
+        try:
+            outcome["b"] = slow.promote(model_dir, meta(0.93), reason="run B",
+                                        expect_champion=old)
+        except ProductionMoved as error:
+            outcome["error"] = error
+
+    b = threading.Thread(target=run_b)
+    b.start()
+    assert ready.wait(60)  # B has read the pointer and uploaded; it is about to write
+    a = registry.promote(model_dir, meta(0.95), reason="run A", expect_champion=old)
+    go.set()
+    b.join(60)
+    assert "b" not in outcome and "another run promoted meanwhile" in str(outcome["error"])
+    pointer = registry.production()
+    assert pointer.version == a and pointer.history[0]["version"] == old
+    assert {row["version"] for row in registry.list()} == {a, old}  # B's upload removed
+
+
+def test_manual_operations_race_safely_too(registry, model_dir):
+    first = registry.promote(model_dir, meta(0.9), reason="one")
+    second = registry.promote(model_dir, meta(0.9), reason="two")
+    current, etag = registry._read_pointer()
+    registry.rollback("operator A")
+    with pytest.raises(ProductionMoved):  # operator B acted on what they read before A
+        registry._point(second, b"{}", "operator B", current, etag)
+    assert registry.production().version == first
