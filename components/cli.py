@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="start the HTTP model server (gunicorn)", add_help=False)
     sub.add_parser("submit", help="start a run of the compiled pipeline on a KFP cluster",
                    add_help=False)
+    sub.add_parser("schedule", help="create or replace a KFP recurring run (scheduled "
+                   "retraining)", add_help=False)
     sub.add_parser("simulate", help="run the pipeline over growing training sets "
                    "(learning curves)", add_help=False)
     return parser
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         from serving.cli import main as serve
 
         return serve(argv[1:])
-    if argv and argv[0] in ("submit", "simulate"):
+    if argv and argv[0] in ("submit", "schedule", "simulate"):
         import importlib
 
         return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])

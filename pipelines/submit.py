@@ -7,6 +7,7 @@ parameter defaults.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -39,6 +40,20 @@ def submit(host: str, experiment: str, arguments: dict[str, Any], *,
     return result.run_id
 
 
+def parse_arguments(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
+    """``--arg NAME=VALUE`` pairs → pipeline arguments (VALUE read as JSON when it is JSON)."""
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            parser.error(f"--arg expects NAME=VALUE, got {pair!r}")
+        try:
+            arguments[name] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[name] = value
+    return arguments
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits submit", __doc__)
     p.add_argument("--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
@@ -48,15 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arg", action="append", default=[], metavar="NAME=JSON",
                    help="pipeline argument, e.g. --arg train_size=20000 (repeatable)")
     args = p.parse_args(argv)
-    arguments = {}
-    for pair in args.arg:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            p.error(f"--arg expects NAME=VALUE, got {pair!r}")
-        try:
-            arguments[name] = json.loads(value)
-        except json.JSONDecodeError:
-            arguments[name] = value
+    arguments = parse_arguments(p, args.arg)
     run_id = submit(args.host, args.experiment, arguments, package=args.package,
                     namespace=args.namespace)
     print(json.dumps({"run_id": run_id, "experiment": args.experiment}))

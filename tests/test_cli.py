@@ -18,7 +18,8 @@ def test_help_lists_every_command(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for command in ("run", "registry", "compile", "ingest", "train", "evaluate", "gate",
-                    "deploy", "report", "serve", "submit", "simulate", "kaggle", "feedback"):
+                    "deploy", "report", "serve", "submit", "schedule", "simulate", "kaggle",
+                    "feedback"):
         assert command in out
 
 

@@ -8,19 +8,31 @@ what it received; the assertions are about what reached the wire.
 from __future__ import annotations
 
 import json
+import re
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
 import yaml
 
+from pipelines.schedule import CronError, kfp_cron
+from pipelines.schedule import main as schedule_main
 from pipelines.submit import main
 from pipelines.training import COMPILED
 
 
 class KfpApi(BaseHTTPRequestHandler):
+    """The KFP v2beta1 REST calls kfp.Client makes for runs and recurring runs.
+
+    Stateful like the real API: an experiment created once is found by name
+    afterwards; recurring runs are kept until deleted.
+    """
+
     received: ClassVar[list[tuple[str, str, dict]]] = []
+    experiments: ClassVar[dict[str, dict]] = {}
+    recurring: ClassVar[dict[str, dict]] = {}
 
     def log_message(self, *args) -> None:
         pass
@@ -35,27 +47,51 @@ class KfpApi(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.received.append(("GET", self.path, {}))
-        if self.path.startswith("/apis/v2beta1/experiments"):
-            self._reply({})  # no experiment of that name yet
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if url.path == "/apis/v2beta1/experiments":
+            wanted = json.loads(query.get("filter", ["{}"])[0]).get("predicates", [])
+            names = {p.get("stringValue", p.get("string_value")) for p in wanted
+                     if p.get("key") == "display_name"}
+            found = [e for e in self.experiments.values() if not names
+                     or e["display_name"] in names]
+            self._reply({"experiments": found, "total_size": len(found)} if found else {})
+        elif url.path == "/apis/v2beta1/recurringruns":
+            experiment = query.get("experiment_id", [None])[0]
+            runs = [r for r in self.recurring.values()
+                    if experiment is None or r["experiment_id"] == experiment]
+            self._reply({"recurringRuns": runs, "total_size": len(runs)} if runs else {})
         else:
             self._reply({})
+
+    def do_DELETE(self) -> None:
+        self.received.append(("DELETE", self.path, {}))
+        self.recurring.pop(self.path.rsplit("/", 1)[-1], None)
+        self._reply({})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
         self.received.append(("POST", self.path, body))
         if self.path == "/apis/v2beta1/experiments":
-            self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
+            experiment = {"experiment_id": f"exp-{len(self.experiments) + 1}",
+                          "display_name": body["display_name"]}
+            self.experiments[experiment["experiment_id"]] = experiment
+            self._reply(experiment)
         elif self.path == "/apis/v2beta1/runs":
             self._reply({"run_id": "run-42", "display_name": body["display_name"],
                          "experiment_id": body.get("experiment_id")})
+        elif self.path == "/apis/v2beta1/recurringruns":
+            run = {**body, "recurring_run_id": f"rr-{len(self.received)}"}
+            self.recurring[run["recurring_run_id"]] = run
+            self._reply(run)
         else:
             self.send_error(404)
 
 
 @pytest.fixture
 def kfp_api():
-    KfpApi.received = []
+    KfpApi.received, KfpApi.experiments, KfpApi.recurring = [], {}, {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), KfpApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", KfpApi.received
@@ -86,3 +122,72 @@ def test_malformed_argument_is_refused(kfp_api):
     with pytest.raises(SystemExit):
         main(["--host", host, "--arg", "no-equals-sign"])
     assert not [r for r in received if r[0] == "POST"]
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@pytest.mark.parametrize(("given", "kfp"), [
+    ("0 3 * * 1", "0 0 3 * * 1"),                  # five fields: seconds prepended
+    ("0 0 3 * * 1", "0 0 3 * * 1"),                # already KFP's six
+    ("*/15 * * * *", "0 */15 * * * *"),
+    ("30 2 1,15 * MON-FRI", "0 30 2 1,15 * MON-FRI"),
+    ("0 0 0 ? JAN,JUL SUN", "0 0 0 ? JAN,JUL SUN"),
+])
+def test_cron_expressions_are_converted_to_kfps_six_fields(given, kfp):
+    converted, note = kfp_cron(given)
+    assert converted == kfp
+    assert (note is not None) == (len(given.split()) == 5)
+
+
+@pytest.mark.parametrize(("bad", "fault"), [
+    ("0 3 * *", "has 5 fields"),
+    ("0 0 0 3 * * 1", "got 7"),
+    ("61 * * * *", "minute '61' is outside 0..59"),
+    ("0 25 * * *", "hour '25' is outside 0..23"),
+    ("0 3 * * 8", "day of week '8' is outside 0..6"),
+    ("0 3 * FOO *", "month 'FOO' is outside 1..12"),
+    ("0 3 * * 5-1", "a range must run low-high"),
+    ("*/0 * * * *", "the step after '/' must be a positive number"),
+    ("0 ? * * *", "hour '?'"),
+])
+def test_invalid_cron_is_refused_naming_the_field(bad, fault):
+    with pytest.raises(CronError, match=re.escape(fault)):
+        kfp_cron(bad)
+
+
+def test_schedule_creates_then_replaces_a_recurring_run(kfp_api, capsys):
+    host, received = kfp_api
+    assert schedule_main(["--host", host, "--cron", "0 3 * * 1",
+                          "--arg", "train_size=20000"]) == 0
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert "converted the 5-field cron '0 3 * * 1' to KFP's 6-field form '0 0 3 * * 1'" \
+        in captured.err
+    assert first["cron"] == "0 0 3 * * 1" and first["replaced"] == []
+    created = [body for method, path, body in received
+               if method == "POST" and path == "/apis/v2beta1/recurringruns"]
+    assert len(created) == 1
+    sent = created[0]
+    assert sent["display_name"] == "digits-retraining"
+    assert sent["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"
+    assert sent["max_concurrency"] in (1, "1") and sent["no_catchup"] is True
+    assert sent["runtime_config"]["parameters"]["train_size"] == 20000
+    spec, _ = yaml.safe_load_all(COMPILED.read_text())
+    assert sent["pipeline_spec"]["pipeline_spec"]["deploymentSpec"] == spec["deploymentSpec"]
+
+    # Scheduling again (a new time) replaces the run instead of adding a second one.
+    assert schedule_main(["--host", host, "--cron", "0 0 4 * * *"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["replaced"] == [first["recurring_run_id"]]
+    assert ("DELETE", f"/apis/v2beta1/recurringruns/{first['recurring_run_id']}", {}) \
+        in received
+    assert list(KfpApi.recurring) == [second["recurring_run_id"]]
+    assert len(KfpApi.experiments) == 1  # the experiment was found, not created twice
+
+
+def test_invalid_cron_exits_2_before_any_call(kfp_api, capsys):
+    host, received = kfp_api
+    assert schedule_main(["--host", host, "--cron", "0 3 * *"]) == 2
+    assert "has 5 fields" in capsys.readouterr().err
+    assert received == []
