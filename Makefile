@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup lock run quick test lint pipeline images serve bench readme-figures clean
+.PHONY: setup lock run quick test lint pipeline policy images serve bench readme-figures clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,16 @@ lint: setup
 
 pipeline: setup  ## recompile pipelines/digits_pipeline.yaml after changing the wiring
 	$(BIN)/digits compile
+
+# checkov is a large tool with pins of its own, so it runs from a throwaway tool
+# environment (uvx), not from the project's lock.
+CHECKOV ?= checkov==3.3.30
+policy: setup  ## policy scan of every rendered overlay (checkov; skips and reasons in manifests/.checkov.yaml)
+	@for dir in manifests manifests/overlays/*/; do \
+	    echo "== $$dir"; kubectl kustomize $$dir > .digits-policy.yaml || exit 1; \
+	    $(BIN)/uvx --from '$(CHECKOV)' checkov --config-file manifests/.checkov.yaml \
+	        -f .digits-policy.yaml || { rm -f .digits-policy.yaml; exit 1; }; \
+	done; rm -f .digits-policy.yaml
 
 images:  ## build digits-train and digits-serve with the local Docker engine
 	scripts/build-images.sh

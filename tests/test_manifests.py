@@ -179,6 +179,10 @@ def test_base_renders_the_expected_objects(base):
         ("PodDisruptionBudget", "digits-serving"),
         ("HorizontalPodAutoscaler", "digits-serving"),
         ("CronJob", "digits-retrain"),
+        ("NetworkPolicy", "default-deny"),
+        ("NetworkPolicy", "allow-dns"),
+        ("NetworkPolicy", "digits-serving"),
+        ("NetworkPolicy", "digits-retrain"),
     }
 
 
@@ -523,3 +527,68 @@ def test_retraining_pod_carries_a_kfp_token(base):
     token = source["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
     assert f"{KFP_TOKEN_DIR}/{token['path']}" == KF_PIPELINES_SA_TOKEN_PATH
+
+
+# --------------------------------------------------------------------------- network
+
+
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    return obj["spec"]["template"]["metadata"]["labels"]
+
+
+def policies_for(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The NetworkPolicies whose podSelector picks pods with ``labels``."""
+    return [p for p in docs if p["kind"] == "NetworkPolicy"
+            and p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
+
+
+def egress_ports(policies: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    return {(port.get("protocol", "TCP"), port["port"])
+            for policy in policies for rule in policy["spec"].get("egress", [])
+            for port in rule.get("ports", [])}
+
+
+def test_the_namespace_denies_by_default_and_allows_only_dns_to_all(rendered):
+    deny = find(rendered, "NetworkPolicy", "default-deny")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    everyone = [p for p in rendered if p["kind"] == "NetworkPolicy"
+                and p["spec"]["podSelector"] == {}]
+    assert egress_ports(everyone) == {("UDP", 53), ("TCP", 53)}
+    assert not any(p["spec"].get("ingress") for p in everyone)
+
+
+def test_every_workload_has_a_policy_of_its_own(rendered):
+    for obj in workloads(rendered):
+        own = [p for p in policies_for(rendered, pod_labels(obj)) if p["spec"]["podSelector"]]
+        assert len(own) == 1, f"{obj['kind']}/{obj['metadata']['name']}: {len(own)} policies"
+        assert set(own[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_only_the_server_accepts_traffic_and_only_on_its_port(rendered):
+    for obj in workloads(rendered):
+        own = [p for p in policies_for(rendered, pod_labels(obj)) if p["spec"]["podSelector"]]
+        ingress = own[0]["spec"].get("ingress", [])
+        if obj["metadata"]["name"] != "digits-serving":
+            assert ingress == [], obj["metadata"]["name"]
+            continue
+        [server] = pod_spec(obj)["containers"]
+        [http] = [port for port in server["ports"] if port["name"] == "http"]
+        assert ingress == [{"ports": [{"protocol": "TCP", "port": http["containerPort"]}]}]
+
+
+def test_egress_matches_where_each_workload_must_go(rendered):
+    config = find(rendered, "ConfigMap", "digits-config")["data"]
+    s3_port = int(config["DIGITS_S3_ENDPOINT"].rsplit(":", 1)[1])
+    for obj in workloads(rendered):
+        own = [p for p in policies_for(rendered, pod_labels(obj)) if p["spec"]["podSelector"]]
+        name, ports = obj["metadata"]["name"], egress_ports(own)
+        if name == "digits-retrain":
+            command = pod_spec(obj)["containers"][0]["command"]
+            host = command[command.index("--host") + 1]
+            assert ports == {("TCP", int(host.rsplit(":", 1)[1]))}  # the KFP API only
+        elif name == "digits-kaggle-submit":
+            assert ports == {("TCP", s3_port), ("TCP", 443)}
+        else:
+            assert ports == {("TCP", s3_port)}, name
