@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from components.stem import IMAGE_SIDE, MAX_PIXEL, as_images
+from components.stem import IMAGE_SIDE, MAX_PIXEL, as_images, flatten
 
 _CENTRE = (IMAGE_SIDE - 1) / 2
+_ROWS, _COLS = np.mgrid[:IMAGE_SIDE, :IMAGE_SIDE].astype(np.float32)
 
 
 def deskew(images: np.ndarray) -> np.ndarray:
@@ -26,7 +27,7 @@ def deskew(images: np.ndarray) -> np.ndarray:
     """
     images = as_images(images)
     pixels = images.astype(np.float32)
-    rows, cols = np.mgrid[:IMAGE_SIDE, :IMAGE_SIDE].astype(np.float32)
+    rows, cols = _ROWS, _COLS
     mass = pixels.sum(axis=(1, 2))
     blank = mass == 0
     mass[blank] = 1.0
@@ -50,13 +51,67 @@ def deskew(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, MAX_PIXEL).astype(np.uint8)
 
 
-#: The feature transforms a model family may name in its ``features`` parameter.
-TRANSFORMS = {"raw": as_images, "deskew": deskew}
+#: Gradient histograms: cells of CELL×CELL pixels, ORIENTATIONS unsigned directions.
+CELL, ORIENTATIONS = 4, 8
+_CELL_OF_PIXEL = ((np.arange(IMAGE_SIDE) // CELL)[:, None] * (IMAGE_SIDE // CELL)
+                  + (np.arange(IMAGE_SIDE) // CELL)[None, :])
+#: The deskewed digit's intensities, averaged over POOL×POOL blocks (its coarse shape).
+POOL = 2
 
 
-def transform(name: str):
+def gradient_histograms(pixels: np.ndarray) -> np.ndarray:
+    """HOG-like features: per cell, the stroke-edge strength in each direction.
+
+    From ``float32 [N, 28, 28]`` intensities: the gradient's magnitude is summed
+    per CELL×CELL cell into ORIENTATIONS bins of its direction modulo 180°. A
+    tree splitting on "how much vertical edge is in this region" sees strokes
+    instead of single pixels, and small shifts move little mass between cells.
+    Returns ``float32 [N, (28/CELL)² × ORIENTATIONS]``.
+    """
+    n, cells = len(pixels), IMAGE_SIDE // CELL
+    d_row, d_col = np.gradient(pixels, axis=(1, 2))
+    magnitude = np.hypot(d_row, d_col)
+    direction = np.arctan2(d_row, d_col) % np.pi
+    bins = np.minimum((direction * (ORIENTATIONS / np.pi)).astype(np.int64), ORIENTATIONS - 1)
+    # One weighted count over (image, cell, direction) instead of a pass per direction.
+    slot = (_CELL_OF_PIXEL * ORIENTATIONS + bins
+            + (np.arange(n) * cells * cells * ORIENTATIONS)[:, None, None])
+    counts = np.bincount(slot.ravel(), weights=magnitude.ravel(),
+                         minlength=n * cells * cells * ORIENTATIONS)
+    return counts.astype(np.float32).reshape(n, cells * cells * ORIENTATIONS)
+
+
+def pooled(pixels: np.ndarray, size: int = POOL) -> np.ndarray:
+    """Mean of each size×size block: ``float32 [N, (28/size)²]``."""
+    n, blocks = len(pixels), IMAGE_SIDE // size
+    return pixels.reshape(n, blocks, size, blocks, size).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def raw_rows(images: np.ndarray) -> np.ndarray:
+    """The 784 scaled pixels, as the shared stem gives them."""
+    return flatten(images)
+
+
+def deskewed_rows(images: np.ndarray) -> np.ndarray:
+    """The 784 scaled pixels of the deskewed digit."""
+    return flatten(deskew(images))
+
+
+def hog_rows(images: np.ndarray) -> np.ndarray:
+    """Gradient histograms plus the pooled shape of the deskewed digit (588 features)."""
+    pixels = flatten(deskew(images)).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    return np.concatenate([gradient_histograms(pixels), pooled(pixels)], axis=1)
+
+
+#: The feature sets a model family may name in its ``features`` parameter; each maps
+#: canonical images to ``float32 [N, D]`` rows.
+FEATURES = {"raw": raw_rows, "deskew": deskewed_rows, "hog": hog_rows}
+
+
+def feature_rows(name: str):
+    """The function computing feature set ``name`` (:data:`FEATURES`)."""
     try:
-        return TRANSFORMS[name]
+        return FEATURES[name]
     except KeyError:
-        raise ValueError(f"unknown feature transform {name!r}; choose from "
-                         f"{sorted(TRANSFORMS)}") from None
+        raise ValueError(f"unknown feature set {name!r}; choose from "
+                         f"{sorted(FEATURES)}") from None

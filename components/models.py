@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from components import progress
-from components.features import transform
-from components.stem import IMAGE_SIDE, NUM_CLASSES, flatten, preprocess
+from components.features import feature_rows
+from components.stem import IMAGE_SIDE, NUM_CLASSES, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class DigitModel(ABC):
         return self.predict_proba(images).argmax(axis=1)
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """``float32 [N, 784]`` rows after the family's transform (``params["features"]``)."""
-        return flatten(transform(self.params.get("features", "raw"))(images))
+        """``float32 [N, D]`` rows: the family's feature set (``params["features"]``)."""
+        return feature_rows(self.params.get("features", "raw"))(images)
 
     def set_threads(self, threads: int) -> None:  # noqa: B027 - optional hook, no-op default
         """Cap the cores one forward pass may use (a server's workers share the machine).
@@ -233,20 +233,23 @@ class CNN(DigitModel):
 
 
 class XGBoost(DigitModel):
-    """Gradient-boosted trees (``hist``) on the 784 pixels of the deskewed digit.
+    """Gradient-boosted trees (``hist``) on stroke features of the deskewed digit.
 
-    Deskewing removes the slant that trees, which split one pixel at a time,
-    cannot learn away; 32 bins suffice for pixels that are mostly 0 or 255 and
-    make each round three times cheaper; half the columns per tree decorrelate
-    the trees. The smaller learning rate with more rounds, stopped early on the
-    validation split, is what buys the last half point.
+    Trees split one column at a time, so they are given columns that mean
+    something: per 4×4 cell, how much edge runs in each of 8 directions, plus
+    the digit's shape at half resolution (:func:`components.features.hog_rows`,
+    588 columns after deskewing). That, not more rounds, is what moves trees
+    from ~98.4% on raw pixels to ~99%. 32 bins suffice and make rounds cheap;
+    half the columns per tree decorrelate the trees; early stopping watches
+    the validation log-loss, which is smooth where the error rate on 5,000
+    digits jumps by single digits.
     """
 
     kind = "xgboost"
     filename = "model.ubj"
     defaults: ClassVar[dict[str, Any]] = {
         "n_estimators": 400, "max_depth": 6, "learning_rate": 0.15, "colsample_bytree": 0.5,
-        "max_bin": 32, "features": "deskew", "early_stopping_rounds": 30, "seed": 0,
+        "max_bin": 32, "features": "hog", "early_stopping_rounds": 30, "seed": 0,
         "n_jobs": 0,
     }
     legacy: ClassVar[dict[str, Any]] = {
@@ -261,7 +264,7 @@ class XGBoost(DigitModel):
             callbacks=callbacks,
             tree_method="hist",
             objective="multi:softprob",
-            eval_metric=["mlogloss", "merror"],
+            eval_metric=["merror", "mlogloss"],  # the last one drives early stopping
             n_estimators=self.params["n_estimators"],
             max_depth=self.params["max_depth"],
             learning_rate=self.params["learning_rate"],

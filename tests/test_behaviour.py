@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from components.features import deskew, transform
+from components.features import CELL, ORIENTATIONS, POOL, deskew, feature_rows
 from components.models import create_model, load_model
 from components.train import train
 
@@ -39,7 +39,35 @@ def test_deskew_is_deterministic_and_keeps_the_canonical_form(tiny_dataset):
     np.testing.assert_array_equal(deskew(digits[:1]), once[:1])  # batch-independent
     blank = np.zeros((1, 28, 28), dtype=np.uint8)
     np.testing.assert_array_equal(deskew(blank), blank)
-    assert transform("raw")(digits) is digits
+
+
+@pytest.mark.parametrize(("name", "width"), [
+    ("raw", 784), ("deskew", 784),
+    ("hog", (28 // CELL) ** 2 * ORIENTATIONS + (28 // POOL) ** 2),
+])
+def test_feature_sets_are_deterministic_shaped_and_batch_independent(tiny_dataset, name,
+                                                                     width):
+    digits = tiny_dataset.x_holdout[:100]
+    rows = feature_rows(name)(digits)
+    assert rows.dtype == np.float32 and rows.shape == (100, width)
+    assert np.isfinite(rows).all()
+    np.testing.assert_array_equal(rows, feature_rows(name)(digits))
+    np.testing.assert_allclose(feature_rows(name)(digits[7:8]), rows[7:8], rtol=1e-6)
+
+
+def test_gradient_histograms_see_stroke_direction():
+    """Direction: a vertical bar has horizontal gradients only, a horizontal bar vertical."""
+    vertical = np.zeros((1, 28, 28), dtype=np.uint8)
+    vertical[0, 4:24, 13:15] = 255
+    horizontal = vertical.transpose(0, 2, 1).copy()
+    cells = (28 // CELL) ** 2
+
+    def by_orientation(image):
+        hog = feature_rows("hog")(image)[0, :cells * ORIENTATIONS]
+        return hog.reshape(cells, ORIENTATIONS).sum(axis=0)
+
+    v, h = by_orientation(vertical), by_orientation(horizontal)
+    assert v.argmax() == 0 and h.argmax() == ORIENTATIONS // 2  # 0° and 90° edges
 
 
 def test_deskew_undoes_a_slant(tiny_dataset):
@@ -54,9 +82,9 @@ def test_deskew_undoes_a_slant(tiny_dataset):
         assert np.median(after) > np.median(before) + 0.1
 
 
-def test_an_unknown_transform_is_refused():
-    with pytest.raises(ValueError, match="unknown feature transform"):
-        transform("hog")
+def test_an_unknown_feature_set_is_refused():
+    with pytest.raises(ValueError, match="unknown feature set 'sift'"):
+        feature_rows("sift")
 
 
 def test_a_model_saved_before_deskewing_still_predicts_as_it_was_trained(
@@ -80,17 +108,17 @@ def test_a_model_saved_before_deskewing_still_predicts_as_it_was_trained(
 
 def test_the_transform_travels_with_the_saved_model(tiny_dataset, tmp_path):
     model, info = train("xgboost", tiny_dataset, n_estimators=10, max_depth=3, n_jobs=1)
-    assert model.params["features"] == "deskew"
+    assert model.params["features"] == "hog"
     model.save(tmp_path, **info)
     loaded = load_model(tmp_path)
-    assert loaded.params["features"] == "deskew"
+    assert loaded.params["features"] == "hog"
     np.testing.assert_allclose(loaded.predict_proba(tiny_dataset.x_holdout),
                                model.predict_proba(tiny_dataset.x_holdout), atol=1e-6)
-    # ...and it is what the model sees: raw pixels give other answers.
+    # ...and it is what the model sees: other features are refused, never mis-read.
     raw = load_model(tmp_path)
     raw.params["features"] = "raw"
-    assert not np.allclose(raw.predict_proba(tiny_dataset.x_holdout),
-                           model.predict_proba(tiny_dataset.x_holdout), atol=1e-3)
+    with pytest.raises(Exception, match=r"[Ff]eature"):
+        raw.predict_proba(tiny_dataset.x_holdout)
 
 
 @pytest.mark.slow

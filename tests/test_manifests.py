@@ -532,12 +532,6 @@ def test_retraining_pod_carries_a_kfp_token(base):
 # --------------------------------------------------------------------------- network
 
 
-def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
-    if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
-    return obj["spec"]["template"]["metadata"]["labels"]
-
-
 def policies_for(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
     """The NetworkPolicies whose podSelector picks pods with ``labels``."""
     return [p for p in docs if p["kind"] == "NetworkPolicy"

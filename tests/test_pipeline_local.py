@@ -28,8 +28,8 @@ def assert_quiet_progress(progress: str, summary: dict) -> None:
     lines = progress.splitlines()
     assert len(lines) < 60, progress
     assert lines[0] == "[1/11] ingest: running"
-    assert any(line.startswith("[1/11] ingest: done in ") and "3,020 train" in line and "(20 feedback)" in line
-               for line in lines)
+    assert any(line.startswith("[1/11] ingest: done in ") and "3,020 train" in line
+               and "(20 feedback)" in line for line in lines)
     assert any(" train-cnn: epoch 3/3 " in line for line in lines)
     assert any(line.startswith("[10/11] deploy: done in ") for line in lines)
     assert any(line.startswith("[11/11] kaggle-submit: done in ") and "not submitted" in line
