@@ -28,6 +28,7 @@ import yaml
 from components.images import SERVE_IMAGE, TRAIN_IMAGE
 from components.models import Baseline
 from components.registry import Registry
+from tests.conftest import missing_prerequisite
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_S = 3600
@@ -60,11 +61,11 @@ def _docker_client() -> str | None:
 def docker() -> str:
     client = _docker_client()
     if not client:
-        pytest.skip("no docker client installed")
+        missing_prerequisite("no docker client is installed")
     probe = subprocess.run([client, "version", "--format", "{{.Server.Version}}"],
                            capture_output=True, text=True, timeout=30, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"no Docker engine reachable: {probe.stderr.strip()[:200]}")
+        missing_prerequisite(f"no Docker engine is reachable: {probe.stderr.strip()[:200]}")
     return client
 
 
