@@ -46,11 +46,7 @@ pipeline: setup  ## recompile pipelines/digits_pipeline.yaml after changing the 
 # environment (uvx), not from the project's lock.
 CHECKOV ?= checkov==3.3.30
 policy: setup  ## policy scan of every rendered overlay (checkov; skips and reasons in manifests/.checkov.yaml)
-	@for dir in manifests manifests/overlays/*/; do \
-	    echo "== $$dir"; kubectl kustomize $$dir > .digits-policy.yaml || exit 1; \
-	    $(BIN)/uvx --from '$(CHECKOV)' checkov --config-file manifests/.checkov.yaml \
-	        -f .digits-policy.yaml || { rm -f .digits-policy.yaml; exit 1; }; \
-	done; rm -f .digits-policy.yaml
+	CHECKOV="$(BIN)/uvx --from $(CHECKOV) checkov" scripts/policy-scan.sh
 
 images:  ## build digits-train and digits-serve with the local Docker engine
 	scripts/build-images.sh

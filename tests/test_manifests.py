@@ -10,6 +10,7 @@ actually select.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -27,7 +28,11 @@ from components.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-KAGGLE_OVERLAY = MANIFESTS / "overlays" / "kaggle"
+#: The credentials files git ignores (an ``.example`` of each is committed).
+ENV_FILES = ("base/s3.env", "components/kaggle-submit/kaggle.env")
+TEST_CREDENTIALS = {"DIGITS_S3_ACCESS_KEY": "test-access-key",
+                    "DIGITS_S3_SECRET_KEY": "test-secret-key",
+                    "KAGGLE_USERNAME": "test-user", "KAGGLE_KEY": "test-kaggle-key"}
 NAMESPACE = "digits"
 #: Oldest Kubernetes the manifests target (CronJob timeZone is GA from 1.27), and the newest.
 K8S_VERSIONS = ("1.28.0", "latest")
@@ -55,13 +60,47 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def base() -> list[dict[str, Any]]:
-    return kustomize(MANIFESTS)
+def manifests(tmp_path_factory) -> Path:
+    """The manifests as a user renders them: a copy with the env files filled in."""
+    copy = tmp_path_factory.mktemp("manifests") / "manifests"
+    shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns("*.env"))
+    for relative in ENV_FILES:
+        example = (copy / f"{relative}.example").read_text()
+        keys = [line.split("=")[0] for line in example.splitlines()
+                if line and not line.startswith("#")]
+        (copy / relative).write_text("".join(f"{k}={TEST_CREDENTIALS[k]}\n" for k in keys))
+    return copy
 
 
 @pytest.fixture(scope="module")
-def kaggle() -> list[dict[str, Any]]:
-    return kustomize(KAGGLE_OVERLAY)
+def base(manifests) -> list[dict[str, Any]]:
+    return kustomize(manifests)
+
+
+@pytest.fixture(scope="module")
+def kaggle(manifests) -> list[dict[str, Any]]:
+    return kustomize(manifests / "overlays" / "kaggle")
+
+
+def secret_values(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    secret = find(docs, "Secret", name)
+    return {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+
+
+def test_no_credential_is_committed_and_rendering_without_them_fails(tmp_path):
+    tracked = subprocess.run(["git", "ls-files", "manifests"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert not [f for f in tracked if f.endswith(".env")], "credentials files are committed"
+    for relative in ENV_FILES:
+        assert f"manifests/{relative}.example" in tracked
+    for path in tracked:
+        text = (ROOT / path).read_text()
+        assert "stringData" not in text and "minio123" not in text, path
+    bare = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, bare, ignore=shutil.ignore_patterns("*.env"))
+    proc = subprocess.run(["kubectl", "kustomize", str(bare)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode != 0 and "s3.env" in proc.stderr
 
 
 @pytest.fixture(scope="module", params=["base", "kaggle"])
@@ -359,10 +398,8 @@ def test_s3_credentials_come_from_the_digits_s3_secret(base):
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"] if "valueFrom" in e}
     for key in ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY"):
         assert refs[key] == {"name": "digits-s3", "key": key}
-    secret = find(base, "Secret", "digits-s3")
-    assert set(secret["stringData"]) == {"DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY"}
-    # The shipped values are KFP's well-known MinIO defaults and must say so.
-    assert "change" in secret["metadata"]["annotations"]["digits-mlops/credentials"]
+    assert secret_values(base, "digits-s3") == {
+        key: TEST_CREDENTIALS[key] for key in ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")}
 
 
 def test_configmap_holds_real_settings(rendered):
@@ -384,7 +421,7 @@ def test_configmap_holds_real_settings(rendered):
 def test_settings_parse_from_the_rendered_environment(base, monkeypatch):
     """The ConfigMap and Secret, as the server sees them, make a configured Settings."""
     config = find(base, "ConfigMap", "digits-config")["data"]
-    secret = find(base, "Secret", "digits-s3")["stringData"]
+    secret = secret_values(base, "digits-s3")
     for key in [k for k in os.environ if k.startswith("DIGITS_")]:
         monkeypatch.delenv(key)
     for key, value in {**config, **secret}.items():
