@@ -43,7 +43,7 @@ def _models(value: str) -> list[str]:
 
 def _add_run(sub) -> None:
     from components.kaggle import MODES
-    from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS
+    from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS, RUNNERS
     from pipelines.training import pipeline_defaults
 
     defaults = pipeline_defaults()
@@ -90,6 +90,9 @@ def _add_run(sub) -> None:
                    "offline, submit it (online: needs --kaggle-test and credentials), or submit "
                    "only when both are at hand (auto)")
     p.add_argument("--kaggle-test", type=Path, help="Kaggle's test.csv, for --kaggle online/auto")
+    p.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                   help="run each stage in this environment, or in its own container from the "
+                   "project's images (build them first: make images)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--verbose", action="store_true",
                    help="stream every task's full output (always kept in the run's logs/)")
@@ -112,7 +115,8 @@ def _run(args) -> int:
         "kaggle_test_csv": str(args.kaggle_test.resolve()) if args.kaggle_test else None,
     }
     arguments.update({k: v for k, v in explicit.items() if v is not None})
-    summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose)
+    summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose,
+                           runner=args.runner)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 

@@ -34,6 +34,8 @@ SUMMARY_METRICS = ("n", "accuracy", "accuracy_ci", "top2_accuracy", "log_loss", 
 #: Errors a stage raises for input the user can fix (exit code 2); anything else is ours (1).
 USER_ERRORS = frozenset({"DataError", "ValueError", "FileNotFoundError", "NotADirectoryError",
                          "PermissionError", "ArgumentTypeError"})
+#: How tasks execute: in this Python environment, or each in its own container.
+RUNNERS = ("subprocess", "docker")
 #: Where runs that failed are moved, so ``runs/`` holds only runs that finished.
 FAILED_RUNS = "failed-runs"
 #: The order stages appear in the progress view.
@@ -143,10 +145,65 @@ def _captured(router: TaskLogRouter) -> Iterator[None]:
             router.close()
 
 
+def input_paths(arguments: dict[str, Any], settings: Settings) -> list[Path]:
+    """The host directories a run reads its inputs from (MNIST, CSVs), for container mounts."""
+    paths = [arguments.get("mnist_dir") or settings.mnist_dir,
+             *(Path(arguments[k]).parent for k in ("csv_path", "kaggle_test_csv")
+               if arguments.get(k))]
+    return sorted({Path(p).resolve() for p in paths if p})
+
+
+def check_docker(arguments: dict[str, Any], settings: Settings) -> None:
+    """Before a containerised run: an engine, both images, and inputs it can mount."""
+    from components.data import DataError
+    from components.images import SERVE_IMAGE, TRAIN_IMAGE
+
+    try:
+        import docker
+
+        client = docker.from_env()
+        tags = {tag for image in client.images.list() for tag in image.tags}
+        client.close()
+    except Exception as error:  # no SDK, no socket, no daemon: one clear line
+        raise DataError(f"--runner docker needs a running Docker engine ({error})") from None
+    missing = [image for image in (TRAIN_IMAGE, SERVE_IMAGE) if image not in tags]
+    if missing:
+        raise DataError(f"--runner docker: image {', '.join(missing)} not built; run `make images`")
+    if arguments.get("source", "mnist") == "mnist" and not input_paths(arguments, settings):
+        raise DataError("--runner docker needs the MNIST files on this machine: "
+                        "pass --mnist-dir or set DIGITS_MNIST_DIR (containers do not download)")
+
+
+def _runner(kind: str, inputs: list[Path]):
+    """kfp.local's runner for ``kind``; the Docker one wired to this machine's store and data.
+
+    Containers share the host's network (the S3 store listens on its loopback),
+    get every ``DIGITS_*`` setting, run as the calling user (their outputs land
+    in the run folder, owned by whoever started the run) and see the inputs
+    read-only at the same paths. kfp.local mounts the run folder itself.
+    """
+    from kfp import local
+
+    if kind == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    from docker.types import Mount
+
+    environment = {k: v for k, v in os.environ.items() if k.startswith("DIGITS_")}
+    environment.update(HOME="/tmp", MPLCONFIGDIR="/tmp/matplotlib")
+    return local.DockerRunner(
+        network_mode="host", user=f"{os.getuid()}:{os.getgid()}", environment=environment,
+        mounts=[Mount(target=str(p), source=str(p), type="bind", read_only=True)
+                for p in inputs])
+
+
 def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILIES,
                  settings: Settings | None = None, *, console: Any = None,
-                 verbose: bool = False) -> dict[str, Any]:
+                 verbose: bool = False, runner: str = "subprocess") -> dict[str, Any]:
     """Execute the pipeline locally and return the run's summary.
+
+    ``runner``: ``subprocess`` runs every task in this environment; ``docker``
+    runs each in its own container from the project's images, exactly as on a
+    cluster (``TRAIN_IMAGE``, ``SERVE_IMAGE`` for the Kaggle step).
 
     Progress goes to ``console`` (a :class:`rich.console.Console`, default: stderr),
     live when it is a terminal and as plain lines otherwise; every task's log goes
@@ -163,6 +220,10 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     settings = settings or get_settings()
     arguments = {"kaggle_mode": LOCAL_KAGGLE_MODE, **arguments}
     check_arguments(arguments, settings)
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; choose from {RUNNERS}")
+    if runner == "docker":
+        check_docker(arguments, settings)
     console = console or Console(file=sys.stderr)  # the real one, before redirection
     run_id = arguments.get("run_id") or new_run_id()
     runs = Path(settings.home).resolve() / "runs"
@@ -184,7 +245,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
             with s3_environment(settings):
                 try:
                     with _captured(router):
-                        local.init(runner=local.SubprocessRunner(use_venv=False),
+                        local.init(runner=_runner(runner, input_paths(arguments, settings)),
                                    pipeline_root=str(run_dir), raise_on_error=True)
                         task = pipeline(**{**arguments, "run_id": run_id})
                 except Exception as error:
@@ -215,6 +276,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     }
     return {
         "run_id": run_id,
+        "runner": runner,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "models": models,
         "gate": {

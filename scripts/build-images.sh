@@ -63,12 +63,15 @@ build() {  # KIND TAG
     start=$(date +%s)
     log "building $tag from Dockerfile.$kind"
     "$DOCKER" build -f "Dockerfile.$kind" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-        -t "$tag" "${EXTRA_ARGS[@]}" .
+        --build-arg "VCS_REF=$VCS_REF" -t "$tag" "${EXTRA_ARGS[@]}" .
     end=$(date +%s)
     log "$tag built in $((end - start)) s, $("$DOCKER" image inspect -f '{{.Size}}' "$tag" \
         | awk '{printf "%.2f GB", $1 / 1e9}')"
 }
 EXTRA_ARGS=("$@")
+# The commit, with "-dirty" when the tree has uncommitted changes (labels never lie).
+VCS_REF=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [[ "$VCS_REF" != unknown ]] && ! git diff --quiet HEAD 2>/dev/null; then VCS_REF="$VCS_REF-dirty"; fi
 
 [[ "$WHICH" == serve ]] || build train "$TRAIN_IMAGE"
 [[ "$WHICH" == train ]] || build serve "$SERVE_IMAGE"

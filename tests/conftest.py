@@ -22,6 +22,29 @@ MNIST_DIR = Path(os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / 
 KAGGLE_DIR = MNIST_DIR.parent / "kaggle"
 
 
+#: The credentials files git ignores in manifests/ (an ``.example`` of each is committed).
+MANIFEST_ENV_FILES = ("base/s3.env", "components/kaggle-submit/kaggle.env")
+#: What the tests fill them with.
+TEST_CREDENTIALS = {"DIGITS_S3_ACCESS_KEY": "test-access-key",
+                    "DIGITS_S3_SECRET_KEY": "test-secret-key",
+                    "KAGGLE_USERNAME": "test-user", "KAGGLE_KEY": "test-kaggle-key"}
+
+
+@pytest.fixture(scope="session")
+def manifests_dir(tmp_path_factory) -> Path:
+    """``manifests/`` as a user renders it: a copy with the git-ignored env files filled in."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("manifests") / "manifests"
+    shutil.copytree(ROOT / "manifests", copy, ignore=shutil.ignore_patterns("*.env"))
+    for relative in MANIFEST_ENV_FILES:
+        example = (copy / f"{relative}.example").read_text()
+        keys = [line.split("=")[0] for line in example.splitlines()
+                if line and not line.startswith("#")]
+        (copy / relative).write_text("".join(f"{k}={TEST_CREDENTIALS[k]}\n" for k in keys))
+    return copy
+
+
 def missing_prerequisite(reason: str, *, module: bool = False) -> None:
     """Skip a test group whose tool is absent here, but fail it in CI (``CI=true``).
 

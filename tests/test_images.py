@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -84,9 +85,9 @@ def images(docker, tmp_path_factory) -> dict[str, str]:
     return {"train": TRAIN_IMAGE, "serve": SERVE_IMAGE}
 
 
-def manifest_container(kind: str, name: str) -> dict:
+def manifest_container(manifests_dir: Path, kind: str, name: str) -> dict:
     """The container spec the Kubernetes manifests give ``kind/name`` (base rendering)."""
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")], capture_output=True,
+    out = subprocess.run(["kubectl", "kustomize", str(manifests_dir)], capture_output=True,
                          text=True, timeout=60, check=True).stdout
     [obj] = [d for d in yaml.safe_load_all(out)
              if d and d["kind"] == kind and d["metadata"]["name"] == name]
@@ -132,6 +133,11 @@ def test_image_is_non_root_pinned_and_lean(docker, images, kind):
     proc = run(docker, images[kind], "sh", "-c",
                "ls -d /src /work /tests /.git /opt/venv/bin/pytest 2>/dev/null; true")
     assert proc.stdout.strip() == "", f"unexpected files in {images[kind]}: {proc.stdout}"
+    labels = meta["Config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == "0.1.0"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert labels["org.opencontainers.image.revision"].removesuffix("-dirty") == head
 
 
 # --------------------------------------------------------------------------- train
@@ -173,9 +179,9 @@ def test_train_image_survives_the_kfp_launcher_preamble(docker, images):
     assert proc.stdout.strip().endswith("/opt/venv/bin/python3")
 
 
-def test_train_image_runs_the_retraining_cronjob_command(docker, images):
+def test_train_image_runs_the_retraining_cronjob_command(docker, images, manifests_dir):
     """The CronJob's exact command line is accepted by the CLI in the image."""
-    container = manifest_container("CronJob", "digits-retrain")
+    container = manifest_container(manifests_dir, "CronJob", "digits-retrain")
     assert container["image"] == images["train"]
     proc = run(docker, *as_in_manifest(container), images["train"], *container["command"],
                "--help")
@@ -195,10 +201,10 @@ def _get(url: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def serve_container(docker, images):
+def serve_container(docker, images, manifests_dir):
     """The serving container as the Deployment runs it (command, env, read-only root,
     writable mounts), with a registry that refuses connections; yields name and URL."""
-    container = manifest_container("Deployment", "digits-serving")
+    container = manifest_container(manifests_dir, "Deployment", "digits-serving")
     assert container["image"] == images["serve"]
     name = f"digits-serve-test-{uuid.uuid4().hex[:8]}"
     started = subprocess.run(
@@ -278,7 +284,7 @@ def _free_port() -> int:
 
 
 def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_server,
-                                            minio_client, tmp_path):
+                                            minio_client, tmp_path, manifests_dir):
     """End to end: a real model promoted to a real S3 store, loaded and served by the image."""
     model = Baseline(max_iter=200)
     model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
@@ -288,7 +294,7 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
     version = Registry(minio_client, bucket).promote(
         tmp_path / "model", {"kind": "baseline"}, reason="docker image test")
 
-    container = manifest_container("Deployment", "digits-serving")
+    container = manifest_container(manifests_dir, "Deployment", "digits-serving")
     port = _free_port()  # host network (the test S3 store listens on loopback)
     command = [*container["command"][:-2], "--port", str(port)]
     assert container["command"][-2:] == ["--port", "8080"]
@@ -320,3 +326,36 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
         assert "# TYPE" in metrics
     finally:
         subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True, check=False)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def run_in_containers(env: dict[str, str], *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.cli", "run", "--quick", "--runner", "docker",
+         "--json", *args], env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_every_stage_runs_in_its_own_container(docker, images, mnist_dir, tmp_path):
+    """kfp.local's DockerRunner: each task in the image a cluster would use, twice."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+    env.update(DIGITS_HOME=str(tmp_path / "home"), DIGITS_MNIST_DIR=str(mnist_dir))
+
+    first = run_in_containers(env, "--models", "xgboost,baseline")
+    assert first["runner"] == "docker"
+    assert first["gate"]["decision"] == "promote" and first["production"] == first["version"]
+    assert first["kaggle"]["mode"] == "offline" and first["kaggle"]["rows"] == 10_000
+    logs = Path(first["logs"])
+    for stage in ("ingest", "train-xgboost", "evaluate-baseline", "gate", "deploy"):
+        assert f"Found image '{TRAIN_IMAGE}'" in (logs / f"{stage}.log").read_text(), stage
+    assert f"Found image '{SERVE_IMAGE}'" in (logs / "kaggle-submit.log").read_text()
+
+    weaker = run_in_containers(env, "--models", "baseline", "--train-size", "200")
+    assert weaker["gate"]["decision"] == "reject"
+    assert weaker["gate"]["champion"] == first["version"]
+    assert weaker["production"] == first["version"]  # production unchanged
+    assert weaker["kaggle"] is None

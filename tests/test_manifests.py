@@ -25,14 +25,10 @@ import yaml
 
 from components.images import SERVE_IMAGE, TRAIN_IMAGE
 from components.settings import Settings
+from tests.conftest import MANIFEST_ENV_FILES, TEST_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-#: The credentials files git ignores (an ``.example`` of each is committed).
-ENV_FILES = ("base/s3.env", "components/kaggle-submit/kaggle.env")
-TEST_CREDENTIALS = {"DIGITS_S3_ACCESS_KEY": "test-access-key",
-                    "DIGITS_S3_SECRET_KEY": "test-secret-key",
-                    "KAGGLE_USERNAME": "test-user", "KAGGLE_KEY": "test-kaggle-key"}
 NAMESPACE = "digits"
 #: Oldest Kubernetes the manifests target (CronJob timeZone is GA from 1.27), and the newest.
 K8S_VERSIONS = ("1.28.0", "latest")
@@ -60,26 +56,13 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory) -> Path:
-    """The manifests as a user renders them: a copy with the env files filled in."""
-    copy = tmp_path_factory.mktemp("manifests") / "manifests"
-    shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns("*.env"))
-    for relative in ENV_FILES:
-        example = (copy / f"{relative}.example").read_text()
-        keys = [line.split("=")[0] for line in example.splitlines()
-                if line and not line.startswith("#")]
-        (copy / relative).write_text("".join(f"{k}={TEST_CREDENTIALS[k]}\n" for k in keys))
-    return copy
+def base(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir)
 
 
 @pytest.fixture(scope="module")
-def base(manifests) -> list[dict[str, Any]]:
-    return kustomize(manifests)
-
-
-@pytest.fixture(scope="module")
-def kaggle(manifests) -> list[dict[str, Any]]:
-    return kustomize(manifests / "overlays" / "kaggle")
+def kaggle(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir / "overlays" / "kaggle")
 
 
 def secret_values(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
@@ -91,7 +74,7 @@ def test_no_credential_is_committed_and_rendering_without_them_fails(tmp_path):
     tracked = subprocess.run(["git", "ls-files", "manifests"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
     assert not [f for f in tracked if f.endswith(".env")], "credentials files are committed"
-    for relative in ENV_FILES:
+    for relative in MANIFEST_ENV_FILES:
         assert f"manifests/{relative}.example" in tracked
     for path in tracked:
         text = (ROOT / path).read_text()
