@@ -23,7 +23,8 @@ KAGGLE_DIR = MNIST_DIR.parent / "kaggle"
 
 
 #: The credentials files git ignores in manifests/ (an ``.example`` of each is committed).
-MANIFEST_ENV_FILES = ("base/s3.env", "components/kaggle-submit/kaggle.env")
+MANIFEST_ENV_FILES = ("base/s3.env", "components/kaggle-submit/kaggle.env",
+                      "overlays/kubeflow/pipeline.env")
 #: What the tests fill them with.
 TEST_CREDENTIALS = {"DIGITS_S3_ACCESS_KEY": "test-access-key",
                     "DIGITS_S3_SECRET_KEY": "test-secret-key",

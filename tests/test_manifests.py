@@ -33,6 +33,11 @@ NAMESPACE = "digits"
 #: Oldest Kubernetes the manifests target (CronJob timeZone is GA from 1.27), and the newest.
 K8S_VERSIONS = ("1.28.0", "latest")
 SECRET_NAME_RE = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL)", re.IGNORECASE)
+#: The only images not built from this repository (overlays/standalone's MinIO), pinned.
+THIRD_PARTY_IMAGES = ("quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z",)
+#: Objects the kubeflow overlay puts where pipeline runs execute, not in `digits`.
+PIPELINE_NAMESPACE_OBJECTS = {("ConfigMap", "kfp-launcher"), ("ConfigMap", "digits-config"),
+                              ("Secret", "digits-s3")}
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
 
@@ -86,14 +91,34 @@ def test_no_credential_is_committed_and_rendering_without_them_fails(tmp_path):
     assert proc.returncode != 0 and "s3.env" in proc.stderr
 
 
-@pytest.fixture(scope="module", params=["base", "kaggle"])
-def rendered(request, base, kaggle) -> list[dict[str, Any]]:
-    """Each renderable entry point in turn: every policy holds for both."""
-    return {"base": base, "kaggle": kaggle}[request.param]
+@pytest.fixture(scope="module")
+def standalone(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir / "overlays" / "standalone")
 
 
-def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+@pytest.fixture(scope="module")
+def kubeflow(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir / "overlays" / "kubeflow")
+
+
+ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow")
+
+
+@pytest.fixture(scope="module", params=ENTRY_POINTS)
+def rendered(request) -> list[dict[str, Any]]:
+    """Each renderable entry point in turn: every policy holds for all of them."""
+    return request.getfixturevalue(request.param)
+
+
+def test_every_overlay_is_tested():
+    overlays = {p.name for p in (MANIFESTS / "overlays").iterdir() if p.is_dir()}
+    assert overlays == set(ENTRY_POINTS) - {"base"}
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str,
+         namespace: str | None = NAMESPACE) -> dict[str, Any]:
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name
+            and (d["kind"] == "Namespace" or d["metadata"].get("namespace") == namespace)]
     assert len(hits) == 1, f"expected one {kind}/{name}, found {len(hits)}"
     return hits[0]
 
@@ -257,7 +282,11 @@ def test_everything_lives_in_the_digits_namespace(rendered):
     for obj in rendered:
         if obj["kind"] == "Namespace":
             continue
-        assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+        namespace = obj["metadata"].get("namespace")
+        if namespace == "kubeflow":  # the kubeflow overlay's settings for pipeline runs
+            assert (obj["kind"], obj["metadata"]["name"]) in PIPELINE_NAMESPACE_OBJECTS
+            continue
+        assert namespace == NAMESPACE, obj["metadata"]["name"]
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "digits-mlops"
 
 
@@ -296,8 +325,11 @@ def test_every_container_runs_locked_down(rendered):
 
 
 def test_read_only_containers_get_a_writable_tmp(rendered):
+    claims = {t["metadata"]["name"] for obj in workloads(rendered)
+              for t in obj["spec"].get("volumeClaimTemplates", [])}
     for where, spec, c in containers(rendered):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        volumes.update({name: {"persistentVolumeClaim": name} for name in claims})
         mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
         for mount_name in mounts.values():
             assert mount_name in volumes, f"{where}: mounts undefined volume {mount_name}"
@@ -312,7 +344,7 @@ def test_read_only_containers_get_a_writable_tmp(rendered):
 
 
 def test_images_are_the_project_images_pinned(rendered):
-    allowed = {TRAIN_IMAGE, SERVE_IMAGE}
+    allowed = {TRAIN_IMAGE, SERVE_IMAGE, *THIRD_PARTY_IMAGES}
     for where, _, c in containers(rendered):
         image = c["image"]
         assert image in allowed, f"{where}: {image} is not one of {sorted(allowed)}"
@@ -389,13 +421,18 @@ def test_configmap_holds_real_settings(rendered):
     config = find(rendered, "ConfigMap", "digits-config")["data"]
     known = {f"DIGITS_{field.upper()}" for field in Settings.model_fields}
     assert set(config) <= known, f"unknown settings: {set(config) - known}"
-    assert config["DIGITS_S3_ENDPOINT"] == "minio-service.kubeflow.svc.cluster.local:9000"
+    standalone = any(d["metadata"]["name"] == "digits-minio" for d in rendered)
+    assert config["DIGITS_S3_ENDPOINT"] == ("digits-minio.digits.svc.cluster.local:9000"
+                                            if standalone else
+                                            "minio-service.kubeflow.svc.cluster.local:9000")
     assert config["DIGITS_S3_SECURE"] in {"true", "false"}
     assert config["DIGITS_BUCKET"] == Settings.model_fields["bucket"].default
     assert not SECRET_NAME_RE.search(" ".join(config)), "credentials belong in the Secret"
     # envFrom: every workload reads this ConfigMap, and only ConfigMaps that exist.
     names = {d["metadata"]["name"] for d in rendered if d["kind"] == "ConfigMap"}
     for where, _, c in containers(rendered):
+        if c["image"] in THIRD_PARTY_IMAGES:
+            continue
         refs = [s["configMapRef"]["name"] for s in c.get("envFrom", []) if "configMapRef" in s]
         assert "digits-config" in refs, where
         assert set(refs) <= names, where
@@ -584,6 +621,9 @@ def test_only_the_server_accepts_traffic_and_only_on_its_port(rendered):
     for obj in workloads(rendered):
         own = [p for p in policies_for(rendered, pod_labels(obj)) if p["spec"]["podSelector"]]
         ingress = own[0]["spec"].get("ingress", [])
+        if obj["metadata"]["name"] == "digits-minio":  # the store: S3 port only
+            assert {port["port"] for rule in ingress for port in rule["ports"]} == {9000}
+            continue
         if obj["metadata"]["name"] != "digits-serving":
             assert ingress == [], obj["metadata"]["name"]
             continue
@@ -604,5 +644,45 @@ def test_egress_matches_where_each_workload_must_go(rendered):
             assert ports == {("TCP", int(host.rsplit(":", 1)[1]))}  # the KFP API only
         elif name == "digits-kaggle-submit":
             assert ports == {("TCP", s3_port), ("TCP", 443)}
+        elif name == "digits-minio":
+            assert ports == set(), "the store calls nobody"
         else:
             assert ports == {("TCP", s3_port)}, name
+
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def test_standalone_runs_its_own_minio_with_the_registry_credentials(standalone):
+    minio = find(standalone, "StatefulSet", "digits-minio")
+    [container] = pod_spec(minio)["containers"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+           if "valueFrom" in e}
+    assert env == {"MINIO_ROOT_USER": {"name": "digits-s3", "key": "DIGITS_S3_ACCESS_KEY"},
+                   "MINIO_ROOT_PASSWORD": {"name": "digits-s3", "key": "DIGITS_S3_SECRET_KEY"}}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/minio/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/minio/health/live"
+    [claim] = minio["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    service = find(standalone, "Service", "digits-minio")
+    host, port = find(standalone, "ConfigMap", "digits-config")["data"][
+        "DIGITS_S3_ENDPOINT"].split(":")
+    assert host == f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert [p["port"] for p in service["spec"]["ports"]] == [int(port)]
+    labels = minio["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+
+
+def test_kubeflow_overlay_gives_pipeline_runs_the_same_settings_and_a_minio_root(kubeflow):
+    ours = find(kubeflow, "ConfigMap", "digits-config")["data"]
+    theirs = find(kubeflow, "ConfigMap", "digits-config", namespace="kubeflow")["data"]
+    assert theirs == ours  # the tasks and the server talk to the same registry
+    launcher = find(kubeflow, "ConfigMap", "kfp-launcher", namespace="kubeflow")["data"]
+    root = launcher["defaultPipelineRoot"]
+    assert root.startswith(f"minio://{ours['DIGITS_BUCKET']}/")
+    secret = find(kubeflow, "Secret", "digits-s3", namespace="kubeflow")
+    from pipelines.training import S3_CONFIG_KEYS, S3_SECRET_KEYS
+
+    assert set(secret["data"]) == set(S3_SECRET_KEYS)
+    assert set(theirs) == set(S3_CONFIG_KEYS)
