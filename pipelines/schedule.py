@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.argparsing import make_parser
-from pipelines.submit import parse_arguments
+from pipelines.submit import EXPERIMENT, add_kfp_options, parse_arguments
 from pipelines.training import COMPILED
 
 #: Field name, lowest and highest value, in KFP's order (seconds first).
@@ -27,6 +27,7 @@ _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
 _DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 NAMES = {"month": {name: i for i, name in enumerate(_MONTHS, start=1)},
          "day of week": {name: i for i, name in enumerate(_DAYS)}}
+#: The recurring run's name: scheduling again under it replaces it.
 DEFAULT_NAME = "digits-retraining"
 
 
@@ -79,7 +80,7 @@ def kfp_cron(expression: str) -> tuple[str, str | None]:
     return " ".join(fields), note
 
 
-def schedule(host: str, cron: str, *, experiment: str = DEFAULT_NAME, name: str = DEFAULT_NAME,
+def schedule(host: str, cron: str, *, experiment: str = EXPERIMENT, name: str = DEFAULT_NAME,
              arguments: dict[str, Any] | None = None, package: Path = COMPILED,
              namespace: str | None = None) -> dict[str, Any]:
     """Create the recurring run ``name`` (replacing any of that name); say what was done.
@@ -111,16 +112,11 @@ def schedule(host: str, cron: str, *, experiment: str = DEFAULT_NAME, name: str 
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits schedule", __doc__)
-    p.add_argument("--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
+    add_kfp_options(p)
     p.add_argument("--cron", required=True,
                    help="when to run: 5 fields ('0 3 * * 1', converted) or KFP's 6 "
                         "('0 0 3 * * 1', seconds first)")
     p.add_argument("--name", default=DEFAULT_NAME, help="the recurring run's name")
-    p.add_argument("--experiment", default=DEFAULT_NAME)
-    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    p.add_argument("--package", type=Path, default=COMPILED)
-    p.add_argument("--arg", action="append", default=[], metavar="NAME=JSON",
-                   help="pipeline argument, e.g. --arg train_size=20000 (repeatable)")
     args = p.parse_args(argv)
     arguments = parse_arguments(p, args.arg)
     try:

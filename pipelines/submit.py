@@ -54,14 +54,24 @@ def parse_arguments(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[s
     return arguments
 
 
+#: The experiment runs and recurring runs go to unless told otherwise.
+EXPERIMENT = "digits-retraining"
+
+
+def add_kfp_options(parser: argparse.ArgumentParser) -> None:
+    """The flags every command that talks to a KFP API shares (submit, schedule)."""
+    parser.add_argument("--host", required=True,
+                        help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
+    parser.add_argument("--experiment", default=EXPERIMENT)
+    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    parser.add_argument("--package", type=Path, default=COMPILED)
+    parser.add_argument("--arg", action="append", default=[], metavar="NAME=JSON",
+                        help="pipeline argument, e.g. --arg train_size=20000 (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits submit", __doc__)
-    p.add_argument("--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
-    p.add_argument("--experiment", default="digits-retraining")
-    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    p.add_argument("--package", type=Path, default=COMPILED)
-    p.add_argument("--arg", action="append", default=[], metavar="NAME=JSON",
-                   help="pipeline argument, e.g. --arg train_size=20000 (repeatable)")
+    add_kfp_options(p)
     args = p.parse_args(argv)
     arguments = parse_arguments(p, args.arg)
     run_id = submit(args.host, args.experiment, arguments, package=args.package,

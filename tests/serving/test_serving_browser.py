@@ -66,6 +66,16 @@ def server_prediction(base_url: str, png: bytes) -> dict:
     return json.loads(urllib.request.urlopen(request, timeout=10).read())
 
 
+def draw_a_one(driver) -> None:
+    """A slightly slanted vertical stroke with the mouse: a "1"."""
+    actions = ActionChains(driver)
+    actions.move_to_element_with_offset(driver.find_element(By.ID, "pad"), 5, -95)
+    actions.click_and_hold()
+    for _step in range(1, 20):
+        actions.move_by_offset(-1, 10)
+    actions.release().perform()
+
+
 def wait_for_prediction(driver, count: int) -> None:
     WebDriverWait(driver, 15).until(
         lambda d: d.execute_script("return document.body.dataset.predictions") == str(count))
@@ -84,12 +94,7 @@ def test_draw_a_one_with_the_mouse(browser, base_url, served):
     browser.get(base_url + "/")
     WebDriverWait(browser, 10).until(
         lambda d: d.find_element(By.ID, "version").text == version)
-    canvas = browser.find_element(By.ID, "pad")
-    actions = ActionChains(browser)
-    actions.move_to_element_with_offset(canvas, 5, -95).click_and_hold()
-    for _step in range(1, 20):  # a slightly slanted vertical stroke: a "1"
-        actions.move_by_offset(-1, 10)
-    actions.release().perform()
+    draw_a_one(browser)
     wait_for_prediction(browser, 1)
 
     label, shown_version, bars = shown(browser)
@@ -142,12 +147,7 @@ def test_correct_me_and_confirm_send_feedback(browser, base_url, served):
     WebDriverWait(browser, 10).until(
         lambda d: d.find_element(By.ID, "version").text == version)
     assert not browser.find_element(By.ID, "feedback").is_displayed()  # nothing to judge yet
-    canvas = browser.find_element(By.ID, "pad")
-    actions = ActionChains(browser)
-    actions.move_to_element_with_offset(canvas, 5, -95).click_and_hold()
-    for _step in range(1, 20):
-        actions.move_by_offset(-1, 10)
-    actions.release().perform()
+    draw_a_one(browser)
     wait_for_prediction(browser, 1)
     predicted = int(shown(browser)[0])
     drawing = canvas_png(browser)
@@ -163,11 +163,7 @@ def test_correct_me_and_confirm_send_feedback(browser, base_url, served):
 
     browser.find_element(By.ID, "clear").click()
     assert not browser.find_element(By.ID, "feedback").is_displayed()
-    actions = ActionChains(browser)
-    actions.move_to_element_with_offset(canvas, 5, -95).click_and_hold()
-    for _step in range(1, 20):
-        actions.move_by_offset(-1, 10)
-    actions.release().perform()
+    draw_a_one(browser)
     wait_for_prediction(browser, 2)
     browser.find_element(By.ID, "confirm").click()
     WebDriverWait(browser, 10).until(lambda d: len(load_feedback(registry)) == before + 2)
