@@ -193,3 +193,17 @@ def test_one_client_cannot_flood_the_bucket(s3_server, make_registry, trained, t
         assert client.post("/predict", json={"pixels": body["pixels"]}).status_code == 200
     finally:
         server.model.stop()
+
+
+def test_an_oversized_body_is_a_413_and_stores_nothing(s3_server, make_registry, trained):
+    registry = make_registry()
+    promote(registry, trained["xgboost"])
+    app, server = make_app(s3_server, registry, max_body_bytes=20_000)
+    assert server.model.wait_ready(30)
+    try:
+        body = {"pixels": [0] * 784, "label": 1, "model_version": "x" * 30_000}
+        response = app.test_client().post("/feedback", json=body)
+        assert response.status_code == 413 and "DIGITS_MAX_BODY_BYTES" in response.json["error"]
+        assert stored(registry) == []
+    finally:
+        server.model.stop()
