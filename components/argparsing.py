@@ -59,3 +59,21 @@ def fraction(value: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return number
+
+
+def key_value(value: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (repeatable flags: ``--param``, ``--arg``, ``--candidate``) → a pair."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return name, rest
+
+
+def json_or_text(value: str):
+    """A flag value read as JSON when it is JSON (``3``, ``0.1``, ``true``), else as text."""
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from components.argparsing import make_parser
+from components.argparsing import key_value, make_parser
 from components.data import Dataset
 from components.evaluate import evaluate_saved
 from components.metrics import mcnemar_test
@@ -167,22 +167,13 @@ def fetch_champion(registry, workdir: Path) -> tuple[str, Path] | None:
     return pointer.version, target
 
 
-def parse_kind_paths(values: list[str], flag: str) -> dict[str, Path]:
-    """``["cnn=/a", "xgboost=/b"]`` → ``{"cnn": Path("/a"), ...}`` (repeatable CLI flags)."""
-    out = {}
-    for value in values:
-        kind, sep, path = value.partition("=")
-        if not sep:
-            raise SystemExit(f"{flag} expects KIND=PATH, got {value!r}")
-        out[kind] = Path(path)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits gate", __doc__)
     p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--candidate", action="append", default=[], metavar="KIND=MODEL_DIR")
-    p.add_argument("--evaluation", action="append", default=[], metavar="KIND=EVAL_DIR")
+    p.add_argument("--candidate", action="append", default=[], type=key_value,
+                   metavar="KIND=MODEL_DIR")
+    p.add_argument("--evaluation", action="append", default=[], type=key_value,
+                   metavar="KIND=EVAL_DIR")
     p.add_argument("--challenger-output", type=Path, required=True,
                    help="directory receiving the chosen model (with its evaluation)")
     p.add_argument("--decision-output", type=Path, required=True,
@@ -196,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = GatePolicy(args.min_accuracy, args.min_improvement, args.alpha,
                         args.max_class_regression)
-    candidates = parse_kind_paths(args.candidate, "--candidate")
-    evaluations = parse_kind_paths(args.evaluation, "--evaluation")
+    candidates = {kind: Path(path) for kind, path in args.candidate}
+    evaluations = {kind: Path(path) for kind, path in args.evaluation}
     dataset = Dataset.load(args.dataset)
     with tempfile.TemporaryDirectory() as workdir:
         champion = None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from components import progress
-from components.argparsing import make_parser
+from components.argparsing import key_value, make_parser
 from components.data import Dataset
 from components.models import MODEL_KINDS, DigitModel, create_model, read_info
 
@@ -40,17 +40,6 @@ def train(kind: str, dataset: Dataset, **params: Any) -> tuple[DigitModel, dict[
     return model, info
 
 
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """``["epochs=3", "learning_rate=0.1"]`` → ``{"epochs": 3, "learning_rate": 0.1}``."""
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--param expects KEY=VALUE, got {pair!r}")
-        params[key] = json.loads(value)
-    return params
-
-
 def run_for_kfp(kind: str, dataset_path: str, model_artifact, metrics_artifact,
                 **params: Any) -> None:
     """What every train component does: run the CLI, then label its KFP artifacts.
@@ -73,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=sorted(MODEL_KINDS), required=True)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="model directory to write")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="model parameter (JSON value), repeatable")
+    p.add_argument("--param", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="model parameter (a JSON value), repeatable")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    model, info = train(args.kind, Dataset.load(args.dataset), **parse_params(args.param))
+    params = {key: json.loads(value) for key, value in args.param}
+    model, info = train(args.kind, Dataset.load(args.dataset), **params)
     model.save(args.output, **info)
     print(json.dumps({"kind": args.kind, **info}))
     return 0

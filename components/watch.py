@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.argparsing import make_parser
-from components.gate import CHAMPION_DIR, DECISION_FILE, EVALUATION_DIR, parse_kind_paths
+from components.argparsing import key_value, make_parser
+from components.gate import CHAMPION_DIR, DECISION_FILE, EVALUATION_DIR
 from components.report import ModelEvaluation, summary_table, write_report
 
 #: Where the pipeline's deploy step files the gate's evidence inside a version.
@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=None,
                    help="directory for report.html and metrics.json (default: ./report-VERSION)")
     p.add_argument("--decision", type=Path, help="the gate's decision directory")
-    p.add_argument("--evaluation", action="append", default=[], metavar="KIND=EVAL_DIR")
+    p.add_argument("--evaluation", action="append", default=[], type=key_value,
+                   metavar="KIND=EVAL_DIR")
     args = p.parse_args(argv)
     if args.decision:
-        html, table = render_run(args.decision, parse_kind_paths(args.evaluation, "--evaluation"),
-                                 args.output or Path("report"))
+        evaluations = {kind: Path(path) for kind, path in args.evaluation}
+        html, table = render_run(args.decision, evaluations, args.output or Path("report"))
     elif args.version:
         from components.registry import Registry, RegistryError
         from components.s3local import s3_environment

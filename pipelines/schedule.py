@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.argparsing import make_parser
-from pipelines.submit import EXPERIMENT, add_kfp_options, parse_arguments
+from components.argparsing import json_or_text, make_parser
+from pipelines.submit import EXPERIMENT, add_kfp_options
 from pipelines.training import COMPILED
 
 #: Field name, lowest and highest value, in KFP's order (seconds first).
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         "('0 0 3 * * 1', seconds first)")
     p.add_argument("--name", default=DEFAULT_NAME, help="the recurring run's name")
     args = p.parse_args(argv)
-    arguments = parse_arguments(p, args.arg)
+    arguments = {name: json_or_text(value) for name, value in args.arg}
     try:
         six_fields, note = kfp_cron(args.cron)
     except CronError as error:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components.argparsing import make_parser
+from components.argparsing import json_or_text, key_value, make_parser
 from pipelines.training import COMPILED
 
 
@@ -40,20 +40,6 @@ def submit(host: str, experiment: str, arguments: dict[str, Any], *,
     return result.run_id
 
 
-def parse_arguments(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
-    """``--arg NAME=VALUE`` pairs → pipeline arguments (VALUE read as JSON when it is JSON)."""
-    arguments: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            parser.error(f"--arg expects NAME=VALUE, got {pair!r}")
-        try:
-            arguments[name] = json.loads(value)
-        except json.JSONDecodeError:
-            arguments[name] = value
-    return arguments
-
-
 #: The experiment runs and recurring runs go to unless told otherwise.
 EXPERIMENT = "digits-retraining"
 
@@ -65,15 +51,17 @@ def add_kfp_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default=EXPERIMENT)
     parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     parser.add_argument("--package", type=Path, default=COMPILED)
-    parser.add_argument("--arg", action="append", default=[], metavar="NAME=JSON",
-                        help="pipeline argument, e.g. --arg train_size=20000 (repeatable)")
+    parser.add_argument("--arg", action="append", default=[], type=key_value,
+                        metavar="NAME=VALUE",
+                        help="pipeline argument, e.g. --arg train_size=20000 (repeatable; "
+                             "the value is read as JSON when it is JSON)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits submit", __doc__)
     add_kfp_options(p)
     args = p.parse_args(argv)
-    arguments = parse_arguments(p, args.arg)
+    arguments = {name: json_or_text(value) for name, value in args.arg}
     run_id = submit(args.host, args.experiment, arguments, package=args.package,
                     namespace=args.namespace)
     print(json.dumps({"run_id": run_id, "experiment": args.experiment}))

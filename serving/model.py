@@ -25,7 +25,6 @@ Requests that arrive while the model is busy are merged into one forward pass
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from components.models import DigitModel, load_model
-from components.registry import METADATA, VERSIONS, Pointer, Registry
+from components.registry import METADATA, VERSIONS, Pointer, Registry, sha256_bytes
 from components.stem import IMAGE_SIDE, NUM_CLASSES
 from serving.metrics import Metrics
 from serving.settings import ServeSettings
@@ -186,10 +185,6 @@ class Batcher:
                 item.error = error
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def make_registry(settings: ServeSettings) -> Registry:
     """The registry with short timeouts: the poll loop must notice a dead store quickly."""
     return Registry.from_settings(settings, timeout_s=settings.registry_timeout_s)
@@ -277,7 +272,7 @@ class DigitsModel:
         raw = self.registry.read(f"{VERSIONS}/{pointer.version}/{METADATA}")
         if raw is None:
             raise ModelRejected(f"{pointer.version}: no {METADATA} under {VERSIONS}/")
-        digest = sha256_hex(raw)
+        digest = sha256_bytes(raw)
         if digest != pointer.metadata_sha256:
             raise ModelRejected(
                 f"{pointer.version}: {METADATA} sha256 {digest[:12]}… does not match the "
