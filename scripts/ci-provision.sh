@@ -21,4 +21,4 @@ if ! /usr/bin/docker info >/dev/null 2>&1; then
         sleep 1
     done
 fi
-/usr/bin/docker info >/dev/null 2>&1 || echo "ci-provision: Docker engine did not start; Docker tests will skip" >&2
+/usr/bin/docker info >/dev/null 2>&1 || echo "ci-provision: Docker engine did not start; the Docker tests will fail (CI=true)" >&2
