@@ -113,5 +113,5 @@ def test_task_labels_name_every_stage_in_pipeline_order():
     labels = task_labels(build_pipeline(["cnn", "xgboost"]))
     assert list(labels.values()) == [
         "ingest", "train-cnn", "train-xgboost", "evaluate-cnn", "evaluate-xgboost",
-        "gate", "report", "deploy", "archive-rejected"]
+        "gate", "report", "deploy", "kaggle-submit", "archive-rejected"]
     assert labels["evaluate-2"] == "evaluate-xgboost"
