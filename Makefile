@@ -30,7 +30,7 @@ lock: setup  ## refresh requirements*.lock from pyproject.toml on purpose (revie
 run: setup  ## the full pipeline: CNN, XGBoost and baseline on all of MNIST, gate, deploy
 	$(BIN)/digits run
 
-quick: setup  ## a smoke run in about a minute
+quick: setup  ## a smoke run in about two minutes
 	$(BIN)/digits run --quick
 
 test: setup  ## every test; Docker and browser tests skip themselves without an engine/browser

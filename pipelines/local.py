@@ -23,7 +23,7 @@ from components.settings import Settings
 from pipelines.progress import SKIPPED, WAITING, LiveView, PlainView, TaskLogRouter
 from pipelines.training import MODEL_FAMILIES, build_pipeline
 
-#: ``--quick``: small data, three short epochs, few rounds — a smoke run in about a minute.
+#: ``--quick``: small data, three short epochs, few rounds — a smoke run in about two minutes.
 QUICK_ARGUMENTS: dict[str, Any] = {
     "train_size": 3000, "epochs": 3, "batch_size": 64, "xgb_rounds": 20, "min_accuracy": 0.85,
 }
@@ -339,7 +339,7 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"(champion: {gate['champion'] or 'none'})",
               f"  {gate['reason']}",
               f"production: {summary['production'] or 'none'}"]
-    if summary.get("feedback"):
+    if summary.get("feedback") and summary["feedback"]["received"]:
         feedback = summary["feedback"]
         lines.append(f"feedback: trained with {feedback['used']:,} of {feedback['received']:,} "
                      "digits users labelled")
