@@ -484,11 +484,12 @@ def run_submission(job: SubmissionJob, model: Any, info: dict[str, Any], registr
             images, truth, test_source = holdout_digits(job.dataset_dir)
             test_csv = write_test_csv(images, Path(tmp) / "test.csv")
         predicted = predict_submission(model, test_csv, job.output, version=info["version"])
-    if truth is not None:
-        expected: int | None = len(truth)
-    else:
-        expected = None if job.allow_partial else EXPECTED_ROWS
-    validate_submission(job.output, expected_rows=expected)
+    # The file is read back once: scoring validates it; without labels, validation alone.
+    expected: int | None = len(truth) if truth is not None else (
+        None if job.allow_partial else EXPECTED_ROWS)
+    local_score = score_submission(job.output, truth) if truth is not None else None
+    if truth is None:
+        validate_submission(job.output, expected_rows=expected)
     record: dict[str, Any] = {
         "mode": mode,
         "submitted": False,
@@ -501,7 +502,7 @@ def run_submission(job: SubmissionJob, model: Any, info: dict[str, Any], registr
         "rows": predicted["rows"],
         "label_counts": predicted["label_counts"],
         "test_source": test_source,
-        "local_score": score_submission(job.output, truth) if truth is not None else None,
+        "local_score": local_score,
         "kaggle_score": None,
         "kaggle_ref": None,
         "kaggle_response": None,
