@@ -255,7 +255,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
                 registry = Registry.from_settings(get_settings())
                 version = f"{run_id}-{decision['challenger']['kind']}"
                 pointer, submissions = registry.production(), registry.submissions()
-                feedback = registry.metadata(version)["dataset"].get("feedback")
+                dataset = registry.metadata(version)["dataset"]
             for stage in router.stages.values():
                 if stage.state == WAITING:
                     view.changed(stage, SKIPPED)
@@ -268,6 +268,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     report = run_dir / "report.html"
     shutil.copyfile(task.outputs["report"].path, report)
     kind = decision["challenger"]["kind"]
+    feedback = dataset.get("feedback")
     submitted = next((record for record in submissions if record.get("version") == version
                       and decision["decision"] == "promote"), None)
     models = {
@@ -284,7 +285,10 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
             "reason": decision["reason"],
             "challenger": kind,
             "champion": (decision.get("champion") or {}).get("version"),
+            "challenger_accuracy": decision["challenger"]["accuracy"],
+            "champion_accuracy": (decision.get("champion") or {}).get("accuracy"),
         },
+        "train_digits": dataset["sizes"]["train"],
         "version": version,
         "production": pointer.version if pointer else None,
         "kaggle": {k: submitted.get(k) for k in KAGGLE_SUMMARY} if submitted else None,

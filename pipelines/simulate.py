@@ -1,128 +1,335 @@
-"""The simulator: run the pipeline over growing training sets and watch each model learn.
+"""The simulator: run the real pipeline over growing training sets, several seeds each.
 
-Every step is a real pipeline run (locally through ``kfp.local``, or submitted
-to a cluster), gate included, against a registry of its own, so the output
-shows both the learning curves of CNN vs XGBoost vs baseline and when the
-gate would have promoted a new champion along the way.
+Every step is one pipeline run (gate included) against a registry of the
+simulation's own, so the output answers two questions at once: how each model
+family learns as data grows (accuracy, MCC, training and inference cost, with
+the spread over seeds), and whether production only ever gets better as the
+gate sees each new challenger. The production accuracy must never fall; if it
+does, the simulation ends with exit code 3 and says so.
+
+A simulation is resumable: its state is written after every step, so running
+the same command again continues where it stopped (Ctrl-C, a killed process).
+A changed schedule is refused unless ``--fresh``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
+import shutil
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.argparsing import make_parser, positive_int
+from components.argparsing import json_or_text, key_value, make_parser, positive_int
 from pipelines.training import MODEL_FAMILIES
 
-DEFAULT_SIZES = (500, 2000, 8000)
+#: Training-set sizes of the full study; 0 means every training digit.
+DEFAULT_SIZES = (500, 1_000, 2_000, 5_000, 10_000, 20_000, 0)
+DEFAULT_SEEDS = 3
+ALL = "all"
+#: The simulation lowers the gate's accuracy floor so the first step promotes and the
+#: production curve starts at the smallest size (``--arg min_accuracy=...`` to restore it).
+DEFAULT_ARGUMENTS: dict[str, Any] = {"min_accuracy": 0.0}
+#: ``--quick``: two small sizes, two seeds, the fast families — a smoke run in minutes.
+QUICK_SIZES = (300, 1_000)
+QUICK_SEEDS = 2
+QUICK_MODELS = ("xgboost", "baseline")
+QUICK_ARGUMENTS: dict[str, Any] = {"xgb_rounds": 15, "baseline_max_iter": 60,
+                                   "holdout_size": 2_000, "epochs": 2}
+
+STATE_FILE = "simulation.json"
+RESULTS_CSV = "results.csv"
+REPORT_HTML = "report.html"
+CURVES_PNG = "learning_curves.png"
+HOME_DIR = "home"
+#: One row per model, size and seed; the production columns describe the step's end.
+COLUMNS = ("step", "train_size", "seed", "train_digits", "model", "holdout_accuracy", "mcc",
+           "train_seconds", "inference_ms_per_1000", "challenger", "promoted",
+           "production_version", "production_accuracy", "run_id")
+#: Exit code when production got worse at some step (the system's central promise).
+REGRESSION_EXIT = 3
 
 
-def simulate(sizes: list[int], models: list[str], seeds: int, arguments: dict[str, Any],
-             home: Path) -> list[dict[str, Any]]:
-    """Run the local pipeline for every (seed, size); one row per model per run."""
+class ScheduleChanged(ValueError):
+    """The output directory holds a simulation of another schedule."""
+
+
+class ProductionRegressed(RuntimeError):
+    """Production accuracy fell between two steps."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a simulation runs: sizes × seeds, the model families, the pipeline arguments."""
+
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    seeds: int = DEFAULT_SEEDS
+    models: tuple[str, ...] = MODEL_FAMILIES
+    first_seed: int = 0
+    arguments: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARGUMENTS))
+
+    def __post_init__(self) -> None:
+        if not self.sizes or any(size != 0 and size < 10 for size in self.sizes):
+            raise ValueError("sizes must be at least 10 (or 'all')")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError("sizes must not repeat")
+        if not self.models or set(self.models) - set(MODEL_FAMILIES):
+            raise ValueError(f"models must be a subset of {','.join(MODEL_FAMILIES)}")
+        if self.seeds < 1:
+            raise ValueError("seeds must be at least 1")
+
+    def steps(self) -> list[tuple[int, int]]:
+        """``(train_size, seed)`` as data "arrives": every seed of a size, then the next size."""
+        ordered = sorted(self.sizes, key=lambda size: float("inf") if size == 0 else size)
+        return [(size, self.first_seed + i) for size in ordered for i in range(self.seeds)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "sizes": list(self.sizes), "models": list(self.models)}
+
+
+def check_production(accuracies: Iterable[float | None]) -> None:
+    """Raise :class:`ProductionRegressed` at the first step where production got worse.
+
+    ``None`` means no production model yet; losing one after having it is a regression too.
+    """
+    best: float | None = None
+    for step, accuracy in enumerate(accuracies, start=1):
+        if best is not None and (accuracy is None or accuracy < best):
+            shown = "none" if accuracy is None else f"{accuracy:.4f}"
+            raise ProductionRegressed(
+                f"production accuracy fell at step {step}: {best:.4f} → {shown}")
+        if accuracy is not None:
+            best = accuracy
+
+
+RunStep = Callable[[dict[str, Any], Sequence[str], Path], dict[str, Any]]
+
+
+def run_local_step(arguments: dict[str, Any], models: Sequence[str], home: Path) -> dict[str, Any]:
+    """One pipeline run through ``kfp.local``, against the simulation's embedded registry."""
     from components.settings import Settings
     from pipelines.local import run_pipeline
 
-    settings = Settings(home=home)
+    # An explicit home and no endpoint: the simulation never touches a configured registry.
+    settings = Settings(home=home, s3_endpoint=None)
+    return run_pipeline(arguments, models, settings=settings)
+
+
+def step_record(index: int, size: int, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """What a step keeps of its run: the gate's verdict, production after it, each model."""
+    gate = summary["gate"]
+    promoted = gate["decision"] == "promote"
+    production = gate["challenger_accuracy"] if promoted else gate["champion_accuracy"]
+    return {
+        "step": index, "train_size": size, "seed": seed, "run_id": summary["run_id"],
+        "train_digits": summary["train_digits"], "decision": gate["decision"],
+        "challenger": gate["challenger"], "production_version": summary["production"],
+        "production_accuracy": production, "wall_seconds": summary["wall_seconds"],
+        "models": {
+            kind: {
+                "holdout_accuracy": row["holdout_accuracy"],
+                "mcc": row["metrics"]["mcc"],
+                "train_seconds": row["train_seconds"],
+                "inference_ms_per_1000": row["metrics"]["performance"]["latency_ms_per_1000"],
+            }
+            for kind, row in summary["models"].items()
+        },
+    }
+
+
+def result_rows(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The CSV's rows: one per model and step."""
     rows = []
-    for seed_index in range(seeds):
-        for size in sizes:
-            seed = arguments.get("seed", 0) + seed_index
-            summary = run_pipeline({**arguments, "train_size": size, "seed": seed}, models,
-                                   settings=settings)
-            for kind, row in summary["models"].items():
-                rows.append({
-                    "seed": seed, "train_size": size, "model": kind,
-                    "validation_accuracy": row["validation_accuracy"],
-                    "holdout_accuracy": row["holdout_accuracy"],
-                    "train_seconds": row["train_seconds"],
-                    "challenger": kind == summary["gate"]["challenger"],
-                    "promoted": kind == summary["gate"]["challenger"]
-                    and summary["gate"]["decision"] == "promote",
-                    "run_id": summary["run_id"],
-                })
-            print(f"simulate: seed {seed} size {size}: gate "
-                  f"{summary['gate']['decision']} {summary['gate']['challenger']}",
-                  file=sys.stderr)
+    for step in steps:
+        for kind, figures in step["models"].items():
+            rows.append({
+                "step": step["step"], "train_size": step["train_size"] or ALL,
+                "seed": step["seed"], "train_digits": step["train_digits"], "model": kind,
+                **figures,
+                "challenger": kind == step["challenger"],
+                "promoted": kind == step["challenger"] and step["decision"] == "promote",
+                "production_version": step["production_version"] or "",
+                "production_accuracy": "" if step["production_accuracy"] is None
+                else step["production_accuracy"],
+                "run_id": step["run_id"],
+            })
     return rows
 
 
-def learning_curves(rows: list[dict[str, Any]]) -> str:
-    """A text table: holdout accuracy per model (columns) and training size (rows)."""
-    models = sorted({r["model"] for r in rows}, key=lambda m: MODEL_FAMILIES.index(m))
-    sizes = sorted({r["train_size"] for r in rows})
-    lines = [f"{'train size':>10}  " + "  ".join(f"{m:>10}" for m in models) + "  promoted"]
-    for size in sizes:
-        cells, promoted = [], []
-        for model in models:
-            hits = [r for r in rows if r["train_size"] == size and r["model"] == model]
-            mean = sum(r["holdout_accuracy"] for r in hits) / len(hits)
-            cells.append(f"{mean:>10.4f}")
-            promoted += [model] * sum(r["promoted"] for r in hits)
-        lines.append(f"{size:>10,}  " + "  ".join(cells) + "  " + (",".join(promoted) or "-"))
-    return "\n".join(lines)
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
-def plot_learning_curves(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Holdout accuracy against training-set size, one line per model (log x axis)."""
-    import matplotlib
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomically(path, buffer.getvalue())
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for model in sorted({r["model"] for r in rows}):
-        points = sorted((r["train_size"], r["holdout_accuracy"]) for r in rows
-                        if r["model"] == model)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-    ax.set(xscale="log", xlabel="training digits", ylabel="holdout accuracy",
-           title="How each model improves with data")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+class Simulation:
+    """A schedule's steps, run one by one, with its state in ``output`` after each."""
+
+    def __init__(self, schedule: Schedule, output: Path, *, fresh: bool = False) -> None:
+        self.schedule, self.output = schedule, Path(output)
+        self.state_path = self.output / STATE_FILE
+        if fresh:
+            for name in (STATE_FILE, RESULTS_CSV, REPORT_HTML, CURVES_PNG):
+                (self.output / name).unlink(missing_ok=True)
+            shutil.rmtree(self.output / HOME_DIR, ignore_errors=True)
+        self.steps: list[dict[str, Any]] = []
+        if self.state_path.exists():
+            state = json.loads(self.state_path.read_text())
+            if state["schedule"] != schedule.to_json():
+                raise ScheduleChanged(
+                    f"{self.output} holds a simulation of another schedule "
+                    f"({_difference(state['schedule'], schedule.to_json())}); run it with "
+                    "the same arguments to resume, or add --fresh to start over")
+            self.steps = state["steps"]
+
+    @property
+    def remaining(self) -> list[tuple[int, int]]:
+        return self.schedule.steps()[len(self.steps):]
+
+    def run(self, run_step: RunStep = run_local_step,
+            say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+        """Run the steps not yet done; each is saved before the next starts."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        total = len(self.schedule.steps())
+        if self.steps:
+            say(f"simulate: resuming after step {len(self.steps)} of {total}")
+        for size, seed in self.remaining:
+            index = len(self.steps) + 1
+            arguments = {**self.schedule.arguments, "train_size": size, "seed": seed}
+            summary = run_step(arguments, self.schedule.models, self.output / HOME_DIR)
+            record = step_record(index, size, seed, summary)
+            self.steps.append(record)
+            self._save()
+            say(f"simulate: step {index}/{total} size {size or ALL} seed {seed}: "
+                f"{record['decision']} {record['challenger']}; production "
+                f"{record['production_version'] or 'none'} "
+                f"({_percent(record['production_accuracy'])})")
+
+    def _save(self) -> None:
+        state = {"schedule": self.schedule.to_json(), "steps": self.steps}
+        _write_atomically(self.state_path, json.dumps(state, indent=1))
+        write_csv(self.output / RESULTS_CSV, result_rows(self.steps))
+
+    def check(self) -> None:
+        check_production(step["production_accuracy"] for step in self.steps)
+
+    def publish(self) -> dict[str, Path]:
+        """The report and the learning-curve image, from the results so far."""
+        from pipelines.study import read_results, write_curves, write_report
+
+        rows = read_results(self.output / RESULTS_CSV)
+        return {"results": self.output / RESULTS_CSV,
+                "report": write_report(rows, self.output / REPORT_HTML),
+                "curves": write_curves(rows, self.output / CURVES_PNG)}
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changed = [f"{key}: {old.get(key)} → {new.get(key)}" for key in new if old.get(key) != new[key]]
+    return "; ".join(changed)
+
+
+def _percent(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2%}"
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            sizes.append(0 if part == ALL else positive_int(part))
+    return tuple(sizes)
+
+
+def _models(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def build_parser():
+    p = make_parser("digits simulate", __doc__)
+    p.add_argument("--sizes", type=_sizes,
+                   help="comma-separated training-set sizes; 'all' is every training digit "
+                        f"(default {','.join(str(s or ALL) for s in DEFAULT_SIZES)})")
+    p.add_argument("--seeds", type=positive_int,
+                   help=f"runs per size, each with the next seed (default {DEFAULT_SEEDS})")
+    p.add_argument("--models", type=_models, help=f"default {','.join(MODEL_FAMILIES)}")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--quick", action="store_true",
+                   help=f"sizes {','.join(map(str, QUICK_SIZES))}, {QUICK_SEEDS} seeds, "
+                        f"{','.join(QUICK_MODELS)}, short training")
+    p.add_argument("--arg", action="append", default=[], type=key_value, metavar="NAME=VALUE",
+                   help="pipeline argument for every step, e.g. --arg epochs=6 (repeatable)")
+    p.add_argument("--output", type=Path, default=Path(".digits/simulation"),
+                   help=f"directory for {RESULTS_CSV}, {REPORT_HTML}, {CURVES_PNG}, "
+                        "the state and the simulation's registry")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard what --output holds and start over")
+    p.add_argument("--host", help="submit the steps to this KFP API instead of running locally")
+    p.add_argument("--json", action="store_true", help="print the outputs' paths as JSON")
+    return p
+
+
+def schedule_from(args) -> Schedule:
+    quick = args.quick
+    arguments = {**DEFAULT_ARGUMENTS, **(QUICK_ARGUMENTS if quick else {}),
+                 **{name: json_or_text(value) for name, value in args.arg}}
+    return Schedule(
+        sizes=args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES),
+        seeds=args.seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS),
+        models=args.models or (QUICK_MODELS if quick else MODEL_FAMILIES),
+        first_seed=args.seed, arguments=arguments)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = make_parser("digits simulate", __doc__)
-    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
-                   help="comma-separated training-set sizes")
-    p.add_argument("--models", default=",".join(MODEL_FAMILIES))
-    p.add_argument("--seeds", type=positive_int, default=1,
-                   help="runs per size, each with the next seed")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--xgb-rounds", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, default=Path(".digits/simulation"),
-                   help="directory for results.json, learning_curves.png and its registry")
-    p.add_argument("--host", help="submit the runs to this KFP API instead of running locally")
-    p.add_argument("--json", action="store_true")
+    p = build_parser()
     args = p.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not sizes or min(sizes) < 10 or set(models) - set(MODEL_FAMILIES) or not models:
-        p.error(f"sizes must be ≥ 10 and models a subset of {','.join(MODEL_FAMILIES)}")
-    arguments = {"epochs": args.epochs, "xgb_rounds": args.xgb_rounds, "seed": args.seed,
-                 "min_accuracy": 0.0}
+    try:
+        schedule = schedule_from(args)
+    except ValueError as error:
+        p.error(str(error))
     if args.host:
         from pipelines.submit import submit
 
         runs = [submit(args.host, "digits-simulation",
-                       {**arguments, "train_size": size, "seed": args.seed + r})
-                for r in range(args.seeds) for size in sizes]
+                       {**schedule.arguments, "train_size": size, "seed": seed})
+                for size, seed in schedule.steps()]
         print(json.dumps({"submitted": runs}))
         return 0
-    args.output.mkdir(parents=True, exist_ok=True)
-    rows = simulate(sizes, models, args.seeds, arguments, args.output / "home")
-    (args.output / "results.json").write_text(json.dumps(rows, indent=2))
-    chart = plot_learning_curves(rows, args.output / "learning_curves.png")
+    try:
+        simulation = Simulation(schedule, args.output, fresh=args.fresh)
+    except ScheduleChanged as error:
+        print(f"digits simulate: {error}", file=sys.stderr)
+        return 2
+    try:
+        simulation.run()
+    except KeyboardInterrupt:
+        print(f"\ndigits simulate: interrupted after step {len(simulation.steps)}; run the "
+              "same command again to continue", file=sys.stderr)
+        return 130
+    outputs = simulation.publish()
+    try:
+        simulation.check()
+    except ProductionRegressed as error:
+        print(f"digits simulate: PRODUCTION GOT WORSE — {error}", file=sys.stderr)
+        return REGRESSION_EXIT
+    from pipelines.study import read_results, summary_table
+
     if args.json:
-        print(json.dumps({"rows": rows, "chart": str(chart)}))
+        print(json.dumps({name: str(path) for name, path in outputs.items()}))
     else:
-        print(learning_curves(rows))
-        print(f"chart: {chart}")
+        print(summary_table(read_results(outputs["results"])))
+        for name, path in outputs.items():
+            print(f"{name}: {path}")
     return 0
