@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup lock run quick test lint pipeline policy images serve bench readme-figures clean
+.PHONY: setup lock run quick test lint pipeline policy images serve bench readme-figures study study-readme clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,13 @@ readme-figures: setup  ## a full run, then its figures written into README.md
 	mkdir -p .digits
 	$(BIN)/digits run --json > .digits/readme-run.json
 	$(BIN)/python scripts/readme_figures.py run .digits/readme-run.json
+
+study: setup  ## the study (~90 min): every model over growing data, 3 seeds; then README Results
+	$(BIN)/digits simulate --output .digits/study
+	$(BIN)/python scripts/readme_figures.py study .digits/study
+
+study-readme: setup  ## README's Results section regenerated from docs/study/results.csv
+	$(BIN)/python scripts/readme_figures.py study docs/study
 
 clean:
 	rm -rf .digits .pytest_cache .ruff_cache

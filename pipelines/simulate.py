@@ -110,14 +110,18 @@ def check_production(accuracies: Iterable[float | None]) -> None:
 RunStep = Callable[[dict[str, Any], Sequence[str], Path], dict[str, Any]]
 
 
+def local_settings(home: Path):
+    """An explicit home and no endpoint: a simulation never touches a configured registry."""
+    from components.settings import Settings
+
+    return Settings(home=home, s3_endpoint=None)
+
+
 def run_local_step(arguments: dict[str, Any], models: Sequence[str], home: Path) -> dict[str, Any]:
     """One pipeline run through ``kfp.local``, against the simulation's embedded registry."""
-    from components.settings import Settings
     from pipelines.local import run_pipeline
 
-    # An explicit home and no endpoint: the simulation never touches a configured registry.
-    settings = Settings(home=home, s3_endpoint=None)
-    return run_pipeline(arguments, models, settings=settings)
+    return run_pipeline(arguments, models, settings=local_settings(home))
 
 
 def step_record(index: int, size: int, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
@@ -201,11 +205,23 @@ class Simulation:
 
     def run(self, run_step: RunStep = run_local_step,
             say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
-        """Run the steps not yet done; each is saved before the next starts."""
+        """Run the steps not yet done; each is saved before the next starts.
+
+        One embedded S3 store serves every step (each run joins it), so a process
+        killed mid-step leaves a store the next attempt joins rather than a second
+        one fighting over the same data directory.
+        """
+        from components.s3local import s3_environment
+
         self.output.mkdir(parents=True, exist_ok=True)
         total = len(self.schedule.steps())
         if self.steps:
             say(f"simulate: resuming after step {len(self.steps)} of {total}")
+        if self.remaining:
+            with s3_environment(local_settings(self.output / HOME_DIR)):
+                self._run_steps(run_step, say, total)
+
+    def _run_steps(self, run_step: RunStep, say: Callable[[str], None], total: int) -> None:
         for size, seed in self.remaining:
             index = len(self.steps) + 1
             arguments = {**self.schedule.arguments, "train_size": size, "seed": seed}

@@ -3,6 +3,7 @@
     python scripts/readme_figures.py run SUMMARY.json          # from `digits run --json`
     python scripts/readme_figures.py bench-train RESULTS.json  # from bench/training.py
     python scripts/readme_figures.py bench-serve ROWS.json     # from bench/serving.py --json
+    python scripts/readme_figures.py study DIRECTORY            # a `digits simulate` --output
 
 replaces what lies between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``.
 ``make readme-figures`` runs the full pipeline and then this; ``make bench`` does the
@@ -12,11 +13,16 @@ same for the training benchmark.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+#: The study's committed results: the README's Results section is generated from these.
+STUDY = README.parent / "docs" / "study"
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -75,16 +81,58 @@ def bench_serve_figures(rows: list) -> str:
             f"{_bench().cpu_model()}):\n\n" + bench_serving.markdown(rows) + "\n")
 
 
+def keep_study(simulation: Path, into: Path = STUDY) -> None:
+    """Copy a finished simulation's CSV and image into ``docs/study`` with where it was made."""
+    state = json.loads((simulation / "simulation.json").read_text())
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "learning_curves.png"):
+        shutil.copyfile(simulation / name, into / name)
+    finished = datetime.fromtimestamp((simulation / "results.csv").stat().st_mtime, timezone.utc)
+    record = {
+        "schedule": state["schedule"], "steps": len(state["steps"]),
+        "wall_seconds": round(sum(step["wall_seconds"] for step in state["steps"])),
+        "machine": f"{os.cpu_count()} cores ({_bench().cpu_model()})",
+        "finished": finished.strftime("%Y-%m-%d"),
+    }
+    (into / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def study_figures(directory: Path = STUDY) -> str:
+    """The README's Results section from ``docs/study`` (its CSV, image and record)."""
+    sys.path.insert(0, str(README.parent))
+    from pipelines.study import read_results, results_markdown
+
+    record = json.loads((directory / "study.json").read_text())
+    schedule = record["schedule"]
+    sizes = ", ".join(f"{size:,}" if size else "all" for size in schedule["sizes"])
+    arguments = ", ".join(f"`{k}={v}`" for k, v in schedule["arguments"].items()) or "none"
+    provenance = (
+        f"Made by `make study` (`digits simulate`: training sizes {sizes}; "
+        f"{schedule['seeds']} seeds each; {', '.join(schedule['models'])}; pipeline arguments "
+        f"{arguments}, every other at its default) on {record['machine']}: "
+        f"{record['steps']} pipeline runs in {record['wall_seconds'] / 60:.0f} min, finished "
+        f"{record['finished']}. Generated from [docs/study/results.csv](docs/study/results.csv) "
+        "by `make study-readme`; nothing here is typed by hand.")
+    return results_markdown(read_results(directory / "results.csv"),
+                            "docs/study/learning_curves.png", provenance)
+
+
 FIGURES = {"run": run_figures, "bench-train": bench_train_figures,
            "bench-serve": bench_serve_figures}
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in FIGURES:
-        raise SystemExit(f"usage: readme_figures.py {'|'.join(FIGURES)} RESULTS.json")
+    if len(argv) != 2 or argv[0] not in (*FIGURES, "study"):
+        raise SystemExit(f"usage: readme_figures.py {'|'.join(FIGURES)} RESULTS.json\n"
+                         "       readme_figures.py study SIMULATION_DIRECTORY")
     name, path = argv
-    results = json.loads(Path(path).read_text())
-    README.write_text(replace_block(README.read_text(), name, FIGURES[name](results)))
+    if name == "study":
+        if Path(path).resolve() != STUDY.resolve():
+            keep_study(Path(path))
+        content = study_figures()
+    else:
+        content = FIGURES[name](json.loads(Path(path).read_text()))
+    README.write_text(replace_block(README.read_text(), name, content))
     print(f"README.md: {name} figures updated from {path}")
     return 0
 

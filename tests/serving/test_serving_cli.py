@@ -25,6 +25,7 @@ import pytest
 
 from serving import cli
 from tests.serving.helpers import png_bytes, promote, v2_body
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,16 +87,6 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         connection.close()
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def model_info(port: int) -> dict[str, str]:
