@@ -19,7 +19,7 @@ STAGES = {
     "evaluate": "components.evaluate",
     "gate": "components.gate",
     "deploy": "components.deploy",
-    "report": "components.watch",
+    "report": "components.report",
     "kaggle": "components.kaggle",
     "feedback": "components.feedback",
 }
@@ -243,13 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_stage(name: str, argv: list[str]) -> int:
+    """A stage CLI under the one error policy: one line of reason; exit 1 (ours) or 2 (yours)."""
+    import importlib
+
+    from components.contract import StageError
+    from components.data import DataError
+    from components.registry import RegistryError
+
+    try:
+        return importlib.import_module(STAGES[name]).main(argv)
+    except StageError as error:
+        print(f"digits {name}: {error}", file=sys.stderr)
+        return 1
+    except (DataError, RegistryError, ValueError) as error:
+        print(f"digits {name}: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Stage and serve commands own their flags: hand the rest of the line over untouched.
     if argv and argv[0] in STAGES:
-        import importlib
-
-        return importlib.import_module(STAGES[argv[0]]).main(argv[1:])
+        return _run_stage(argv[0], argv[1:])
     if argv and argv[0] == "serve":
         from serving.cli import main as serve
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.contract import MANIFEST_FILE
 from components.stem import IMAGE_SIDE, MAX_PIXEL, NUM_PIXELS
 
 IMAGES_MAGIC = 2051
@@ -40,7 +41,6 @@ CSV_HOLDOUT_FRACTION = 0.1
 #: Share of the training pool used for validation (model selection and early stopping).
 VALIDATION_FRACTION = 1 / 12  # 5,000 of MNIST's 60,000
 DATA_FILE = "data.npz"
-MANIFEST_FILE = "manifest.json"
 SPLITS = ("train", "validation", "holdout")
 
 

@@ -17,11 +17,19 @@ from typing import Any
 
 from components import __version__
 from components.argparsing import make_parser
-from components.gate import DECISION_FILE, EVALUATION_DIR, PROMOTE
+from components.contract import (
+    EVALUATION_DIR,
+    GATE_DIR,
+    MANIFEST_FILE,
+    PROMOTE,
+    REJECT,
+    REPORT_FILE,
+    GateDecision,
+    ModelEvaluation,
+    StageError,
+)
 from components.models import read_info
 from components.registry import FAILED, ProductionMoved, Registry, utcnow
-from components.report import REPORT_FILE, ModelEvaluation
-from components.watch import GATE_DIR
 
 
 def code_version() -> str:
@@ -38,21 +46,22 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def build_metadata(challenger_dir: Path, decision: dict[str, Any],
-                   manifest: dict[str, Any]) -> dict[str, Any]:
+def build_metadata(challenger_dir: Path, decision: GateDecision,
+                   manifest: dict[str, Any], run_id: str = "") -> dict[str, Any]:
     """Everything needed to trust and reproduce a version, in one JSON document."""
     info = read_info(challenger_dir)
     metrics = ModelEvaluation.load(Path(challenger_dir) / EVALUATION_DIR).metrics
     return {
         "kind": info["kind"],
+        "run_id": run_id or None,
         "params": info.get("params", {}),
         "metrics": metrics,
         "validation_accuracy": info.get("validation_accuracy"),
         "train_seconds": info.get("train_seconds"),
         "dataset": manifest,
-        "gate": {k: decision.get(k) for k in ("decision", "reason", "checks", "mcnemar",
-                                               "policy")},
-        "champion_version": (decision.get("champion") or {}).get("version"),
+        "gate": {k: getattr(decision, k) for k in ("decision", "reason", "checks", "mcnemar",
+                                                    "policy")},
+        "champion_version": decision.champion_version,
         "code_version": code_version(),
         "created_at": utcnow(),
     }
@@ -69,7 +78,7 @@ def assemble(challenger_dir: Path, decision_dir: Path | None, report: Path | Non
     return staging
 
 
-def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
+def deploy(registry: Registry, challenger_dir: Path, decision: GateDecision,
            manifest: dict[str, Any], run_id: str = "") -> dict[str, Any]:
     """Promote or archive the challenger according to the decision; return where it went.
 
@@ -78,27 +87,46 @@ def deploy(registry: Registry, challenger_dir: Path, decision: dict[str, Any],
     reason (:class:`~components.registry.ProductionMoved`) and production keeps
     the other run's model.
 
-    ``challenger_dir`` is the assembled version (see :func:`assemble`). With a
-    ``run_id`` the version is ``<run_id>-<kind>``, so whoever started the run
-    knows its version without asking the registry.
+    ``challenger_dir`` is the assembled version (see :func:`assemble`). The
+    registry names the version (after ``run_id`` when there is one).
     """
-    metadata = build_metadata(challenger_dir, decision, manifest)
-    version = f"{run_id}-{metadata['kind']}" if run_id else None
-    if decision["decision"] == PROMOTE:
+    metadata = build_metadata(challenger_dir, decision, manifest, run_id)
+    if decision.promoted:
         try:
-            version = registry.promote(challenger_dir, metadata, decision["reason"], version,
+            version = registry.promote(challenger_dir, metadata, decision.reason,
                                        expect_champion=metadata["champion_version"])
             return {"version": version, "status": "promoted", "production": version,
-                    "reason": decision["reason"]}
+                    "reason": decision.reason}
         except ProductionMoved as error:  # a racing run promoted first: this one lost
             reason = f"not promoted: {error}"
             metadata["gate"] = {**metadata["gate"], "decision": "reject", "reason": reason}
     else:
-        reason = decision["reason"]
-    version = registry.publish(challenger_dir, metadata, status=FAILED, version=version)
+        reason = decision.reason
+    version = registry.publish(challenger_dir, metadata, status=FAILED)
     current = registry.production()
     return {"version": version, "status": "rejected", "reason": reason,
             "production": current.version if current else None}
+
+
+def run_deploy(challenger_dir: Path, decision_dir: Path, dataset_dir: Path,
+               report: Path | None = None, *, expect: str | None = None, run_id: str = "",
+               registry: Registry | None = None) -> dict[str, Any]:
+    """The deploy stage: assemble the version and promote or archive it; return the outcome.
+
+    ``expect`` guards the pipeline's branches: the promote branch must never
+    archive and the reject branch never promote, whatever the decision file says.
+    """
+    decision = GateDecision.load(decision_dir)
+    if expect and decision.decision != expect:
+        raise StageError(f"decision is {decision.decision!r}, this branch expects {expect!r}")
+    manifest = json.loads((Path(dataset_dir) / MANIFEST_FILE).read_text())
+    if registry is None:
+        from components.settings import get_settings
+
+        registry = Registry.from_settings(get_settings())
+    with tempfile.TemporaryDirectory() as tmp:
+        version_dir = assemble(Path(challenger_dir), Path(decision_dir), report, Path(tmp) / "v")
+        return deploy(registry, version_dir, decision, manifest, run_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,20 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, help="the run's report.html, stored with the version")
     p.add_argument("--dataset", type=Path, required=True, help="dataset (for its manifest)")
     p.add_argument("--run-id", default="", help="names the version <run-id>-<kind>")
-    p.add_argument("--expect", choices=["promote", "reject"],
+    p.add_argument("--expect", choices=[PROMOTE, REJECT],
                    help="fail unless the decision is this (guards the pipeline's branches)")
     args = p.parse_args(argv)
-    from components.data import MANIFEST_FILE
-    from components.settings import get_settings
-
-    decision = json.loads((args.decision / DECISION_FILE).read_text())
-    if args.expect and decision["decision"] != args.expect:
-        raise SystemExit(f"decision is {decision['decision']!r}, this branch expects "
-                         f"{args.expect!r}")
-    manifest = json.loads((args.dataset / MANIFEST_FILE).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        version_dir = assemble(args.challenger, args.decision, args.report, Path(tmp) / "v")
-        outcome = deploy(Registry.from_settings(get_settings()), version_dir, decision,
-                         manifest, args.run_id)
+    outcome = run_deploy(args.challenger, args.decision, args.dataset, args.report,
+                         expect=args.expect, run_id=args.run_id)
     print(json.dumps(outcome))
     return 0

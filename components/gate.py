@@ -13,27 +13,29 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from components.argparsing import key_value, make_parser
+from components.contract import (
+    CHAMPION_DIR,
+    EVALUATION_DIR,
+    PROMOTE,
+    REJECT,
+    GateDecision,
+    ModelEvaluation,
+    StageError,
+)
 from components.data import Dataset
-from components.evaluate import evaluate_saved
 from components.metrics import mcnemar_test
 from components.models import read_info
-from components.report import ModelEvaluation
+from components.scoring import evaluate_saved
 from components.stem import NUM_CLASSES
 
 log = logging.getLogger(__name__)
-
-PROMOTE = "promote"
-REJECT = "reject"
-EVALUATION_DIR = "evaluation"
-DECISION_FILE = "decision.json"
-CHAMPION_DIR = "champion"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class GatePolicy:
     max_class_regression: float = 0.02
 
 
-class GateError(RuntimeError):
+class GateError(StageError):
     """The gate cannot judge (inputs disagree or the champion cannot be scored)."""
 
 
@@ -116,9 +118,9 @@ def select_challenger(candidates: dict[str, Path]) -> str:
     return max(scores, key=scores.get)
 
 
-def run_gate(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[str, Path],
-             champion: tuple[str, Path] | None,
-             policy: GatePolicy) -> tuple[dict[str, Any], ModelEvaluation | None]:
+def judge(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[str, Path],
+          champion: tuple[str, Path] | None,
+          policy: GatePolicy) -> tuple[GateDecision, ModelEvaluation | None]:
     """Choose the challenger, score the champion on the same holdout, and decide.
 
     Returns the decision and the champion's evaluation (for the report).
@@ -154,7 +156,7 @@ def run_gate(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[st
         for k, info in infos.items()
     }
     log.info("gate: %s %s — %s", result["decision"], kind, result["reason"])
-    return result, champion_eval
+    return GateDecision(**result), champion_eval
 
 
 def fetch_champion(registry, workdir: Path) -> tuple[str, Path] | None:
@@ -165,6 +167,37 @@ def fetch_champion(registry, workdir: Path) -> tuple[str, Path] | None:
     target = Path(workdir) / "champion"
     registry.download(pointer.version, target)
     return pointer.version, target
+
+
+def run_gate(dataset_dir: Path, candidates: dict[str, Path], evaluations: dict[str, Path],
+             challenger_output: Path, decision_output: Path, policy: GatePolicy, *,
+             registry=None, use_champion: bool = True) -> GateDecision:
+    """The gate stage: judge the candidates against production and lay out its outputs.
+
+    ``challenger_output`` receives the chosen model with its evaluation
+    (:data:`~components.contract.EVALUATION_DIR`); ``decision_output`` the
+    decision and the champion's evaluation. Production is read from
+    ``registry`` (default: the configured one) unless ``use_champion`` is off.
+    """
+    dataset = Dataset.load(Path(dataset_dir))
+    with tempfile.TemporaryDirectory() as workdir:
+        champion = None
+        if use_champion:
+            if registry is None:
+                from components.registry import Registry
+                from components.settings import get_settings
+
+                registry = Registry.from_settings(get_settings())
+            champion = fetch_champion(registry, Path(workdir))
+        decision, champion_eval = judge(dataset, candidates, evaluations, champion, policy)
+    kind = decision.challenger_kind
+    shutil.copytree(candidates[kind], challenger_output, dirs_exist_ok=True)
+    shutil.copytree(evaluations[kind], Path(challenger_output) / EVALUATION_DIR,
+                    dirs_exist_ok=True)
+    if champion_eval is not None:
+        champion_eval.save(Path(decision_output) / CHAMPION_DIR)
+    decision.save(decision_output)
+    return decision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,32 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decision-output", type=Path, required=True,
                    help="directory receiving decision.json and the champion's evaluation")
     defaults = GatePolicy()
-    for field in ("min_accuracy", "min_improvement", "alpha", "max_class_regression"):
-        p.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(defaults, field))
+    for field in fields(GatePolicy):
+        p.add_argument(f"--{field.name.replace('_', '-')}", type=float,
+                       default=getattr(defaults, field.name))
     p.add_argument("--no-champion", action="store_true",
                    help="judge against the floor only (no registry needed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    policy = GatePolicy(args.min_accuracy, args.min_improvement, args.alpha,
-                        args.max_class_regression)
-    candidates = {kind: Path(path) for kind, path in args.candidate}
-    evaluations = {kind: Path(path) for kind, path in args.evaluation}
-    dataset = Dataset.load(args.dataset)
-    with tempfile.TemporaryDirectory() as workdir:
-        champion = None
-        if not args.no_champion:
-            from components.registry import Registry
-            from components.settings import get_settings
-
-            champion = fetch_champion(Registry.from_settings(get_settings()), Path(workdir))
-        result, champion_eval = run_gate(dataset, candidates, evaluations, champion, policy)
-    kind = result["challenger"]["kind"]
-    shutil.copytree(candidates[kind], args.challenger_output, dirs_exist_ok=True)
-    shutil.copytree(evaluations[kind], args.challenger_output / EVALUATION_DIR,
-                    dirs_exist_ok=True)
-    args.decision_output.mkdir(parents=True, exist_ok=True)
-    if champion_eval is not None:
-        champion_eval.save(args.decision_output / CHAMPION_DIR)
-    (args.decision_output / DECISION_FILE).write_text(json.dumps(result, indent=2, default=float))
-    print(json.dumps({k: result[k] for k in ("decision", "reason")}))
+    policy = GatePolicy(**{f.name: getattr(args, f.name) for f in fields(GatePolicy)})
+    decision = run_gate(args.dataset, {kind: Path(path) for kind, path in args.candidate},
+                        {kind: Path(path) for kind, path in args.evaluation},
+                        args.challenger_output, args.decision_output, policy,
+                        use_champion=not args.no_champion)
+    print(json.dumps({"decision": decision.decision, "reason": decision.reason}))
     return 0

@@ -1,7 +1,7 @@
-"""Ingest stage CLI: read MNIST or a Kaggle CSV, write the split :class:`Dataset`.
+"""Ingest stage: read MNIST or a Kaggle CSV, write the split :class:`Dataset`.
 
-The work is in :func:`components.data.ingest`; this module only parses flags,
-so the KFP component, ``digits ingest`` and tests all run the same code.
+:func:`run_ingest` is the stage (the KFP component calls it); ``main`` only
+parses flags around it. The reading and splitting is :func:`components.data.ingest`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from components.argparsing import fraction, make_parser, positive_int
-from components.data import DataError, add_feedback, ingest
+from components.data import DataError, Dataset, add_feedback, ingest
 from components.feedback import DEFAULT_CAP, load_feedback
 from components.registry import open_registry
 
@@ -36,21 +36,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_ingest(output: Path, source: str = "mnist", *, seed: int = 0,
+               mnist_dir: Path | None = None, csv_path: Path | None = None,
+               train_size: int | None = None, holdout_size: int | None = None,
+               feedback: bool = False, feedback_cap: float = DEFAULT_CAP,
+               feedback_weight: int = 1) -> Dataset:
+    """The ingest stage: split the source, add the users' feedback if asked, save to ``output``."""
+    dataset = ingest(source, seed=seed, mnist_dir=mnist_dir, csv_path=csv_path,
+                     train_size=train_size, holdout_size=holdout_size)
+    if feedback:
+        with open_registry() as registry:
+            items = load_feedback(registry)
+        add_feedback(dataset, items, cap=feedback_cap, weight=feedback_weight)
+    dataset.save(output)
+    return dataset
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        dataset = ingest(
-            args.source, seed=args.seed, mnist_dir=args.mnist_dir, csv_path=args.csv,
-            train_size=args.train_size, holdout_size=args.holdout_size,
-        )
-        if args.feedback:
-            with open_registry() as registry:
-                items = load_feedback(registry)
-            add_feedback(dataset, items, cap=args.feedback_cap, weight=args.feedback_weight)
+        dataset = run_ingest(
+            args.output, args.source, seed=args.seed, mnist_dir=args.mnist_dir,
+            csv_path=args.csv, train_size=args.train_size, holdout_size=args.holdout_size,
+            feedback=args.feedback, feedback_cap=args.feedback_cap,
+            feedback_weight=args.feedback_weight)
     except DataError as error:
         print(f"digits ingest: {error}", file=sys.stderr)
         return 2
-    dataset.save(args.output)
     print(json.dumps({"sizes": dataset.manifest["sizes"], "source": dataset.manifest["source"],
                       "feedback": dataset.manifest.get("feedback")}))
     return 0

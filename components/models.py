@@ -19,12 +19,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from components import progress
+from components.contract import MODEL_INFO
 from components.features import feature_rows
 from components.stem import IMAGE_SIDE, NUM_CLASSES, preprocess
 
 log = logging.getLogger(__name__)
 
-MODEL_INFO = "model.json"
+
 #: Rows per forward pass when predicting large batches; bounds memory, keeps BLAS busy.
 PREDICT_CHUNK = 4096
 
@@ -118,7 +119,8 @@ class CNN(DigitModel):
     alone, so predicting pays nothing for them. The learning rate warms up, then
     decays along a cosine, and labels are smoothed. At prediction the digit and a
     few one-pixel shifts of it go through in one batch and their answers are
-    averaged (``tta``), which is part of the saved parameters.
+    averaged (``tta``), which is part of the saved parameters. An epoch is at least
+    ``min_epoch_steps`` batches, so a few hundred digits train as well as they can.
     """
 
     kind = "cnn"

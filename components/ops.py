@@ -48,20 +48,15 @@ def ingest(
     With ``use_feedback``, the users' feedback digits in the registry join the
     training split only (capped at ``feedback_cap`` of it, each ``feedback_weight`` times).
     """
-    from components.data import add_feedback
-    from components.data import ingest as run_ingest
+    from pathlib import Path
+
+    from components.ingest import run_ingest
     from components.progress import headline
 
-    data = run_ingest(source, seed=seed, mnist_dir=mnist_dir or None, csv_path=csv_path or None,
-                      train_size=train_size or None, holdout_size=holdout_size or None)
-    if use_feedback:
-        from components.feedback import load_feedback
-        from components.registry import Registry
-        from components.settings import get_settings
-
-        items = load_feedback(Registry.from_settings(get_settings()))
-        add_feedback(data, items, cap=feedback_cap, weight=feedback_weight)
-    data.save(dataset.path)
+    data = run_ingest(Path(dataset.path), source, seed=seed, mnist_dir=mnist_dir or None,
+                      csv_path=csv_path or None, train_size=train_size or None,
+                      holdout_size=holdout_size or None, feedback=use_feedback,
+                      feedback_cap=feedback_cap, feedback_weight=feedback_weight)
     sizes = data.manifest["sizes"]
     used = data.manifest.get("feedback", {}).get("used", 0)
     dataset.metadata.update(source=data.manifest["source"], seed=seed, feedback=used, **sizes)
@@ -126,13 +121,13 @@ def evaluate(
     classification: Output[ClassificationMetrics],
 ):
     """Score one model on the frozen holdout; feed the KFP dashboard."""
-    from components.evaluate import main
+    from pathlib import Path
+
+    from components.evaluate import run_evaluate
     from components.metrics import kfp_classification_inputs, summary_scalars
     from components.progress import headline
-    from components.report import ModelEvaluation
 
-    main(["--dataset", dataset.path, "--model", model.path, "--output", evaluation.path])
-    scored = ModelEvaluation.load(evaluation.path)
+    scored = run_evaluate(Path(dataset.path), Path(model.path), Path(evaluation.path))
     headline(f"holdout accuracy {scored.metrics['accuracy']:.4f}")
     for name, value in summary_scalars(scored.metrics).items():
         metrics.log_metric(name, value)
@@ -146,42 +141,37 @@ def gate(
     dataset: Input[Dataset],
     challenger: Output[Model],
     decision_report: Output[Artifact],
+    min_accuracy: float,
+    min_improvement: float,
+    alpha: float,
+    max_class_regression: float,
     cnn_model: Optional[Input[Model]] = None,
     cnn_evaluation: Optional[Input[Artifact]] = None,
     xgboost_model: Optional[Input[Model]] = None,
     xgboost_evaluation: Optional[Input[Artifact]] = None,
     baseline_model: Optional[Input[Model]] = None,
     baseline_evaluation: Optional[Input[Artifact]] = None,
-    min_accuracy: float = 0.95,
-    min_improvement: float = 0.001,
-    alpha: float = 0.05,
-    max_class_regression: float = 0.02,
 ) -> NamedTuple("GateOutputs", decision=str, challenger_kind=str):
     """Pick the best candidate by validation score; judge it against the champion."""
-    import json
     from collections import namedtuple
+    from pathlib import Path
 
-    from components.gate import main
+    from components.gate import GatePolicy, run_gate
     from components.progress import headline
 
-    argv = ["--dataset", dataset.path, "--challenger-output", challenger.path,
-            "--decision-output", decision_report.path,
-            "--min-accuracy", str(min_accuracy), "--min-improvement", str(min_improvement),
-            "--alpha", str(alpha), "--max-class-regression", str(max_class_regression)]
     pairs = {"cnn": (cnn_model, cnn_evaluation), "xgboost": (xgboost_model, xgboost_evaluation),
              "baseline": (baseline_model, baseline_evaluation)}
-    for kind, (model, evaluation) in pairs.items():
-        if model is not None and evaluation is not None:
-            argv += ["--candidate", f"{kind}={model.path}",
-                     "--evaluation", f"{kind}={evaluation.path}"]
-    main(argv)
-    with open(f"{decision_report.path}/decision.json") as handle:
-        result = json.load(handle)
-    kind = result["challenger"]["kind"]
-    challenger.metadata.update(kind=kind, decision=result["decision"])
-    decision_report.metadata.update(decision=result["decision"], reason=result["reason"])
-    headline(f"{result['decision']} {kind}")
-    return namedtuple("GateOutputs", ["decision", "challenger_kind"])(result["decision"], kind)
+    present = {kind: pair for kind, pair in pairs.items() if None not in pair}
+    result = run_gate(
+        Path(dataset.path), {kind: Path(m.path) for kind, (m, _) in present.items()},
+        {kind: Path(e.path) for kind, (_, e) in present.items()},
+        Path(challenger.path), Path(decision_report.path),
+        GatePolicy(min_accuracy, min_improvement, alpha, max_class_regression))
+    kind = result.challenger_kind
+    challenger.metadata.update(kind=kind, decision=result.decision)
+    decision_report.metadata.update(decision=result.decision, reason=result.reason)
+    headline(f"{result.decision} {kind}")
+    return namedtuple("GateOutputs", ["decision", "challenger_kind"])(result.decision, kind)
 
 
 @component
@@ -194,29 +184,27 @@ def report(
     baseline_evaluation: Optional[Input[Artifact]] = None,
 ):
     """Render the run's report: every candidate, the champion, the gate's evidence."""
-    import json
     import shutil
     import tempfile
+    from pathlib import Path
 
-    from components.watch import main
+    from components.contract import GateDecision
+    from components.report import run_report
 
-    argv = ["--decision", decision_report.path]
-    for kind, evaluation in (("cnn", cnn_evaluation), ("xgboost", xgboost_evaluation),
-                             ("baseline", baseline_evaluation)):
-        if evaluation is not None:
-            argv += ["--evaluation", f"{kind}={evaluation.path}"]
+    evaluations = {kind: Path(evaluation.path) for kind, evaluation in
+                   (("cnn", cnn_evaluation), ("xgboost", xgboost_evaluation),
+                    ("baseline", baseline_evaluation)) if evaluation is not None}
     with tempfile.TemporaryDirectory() as out:
-        main([*argv, "--output", out])
-        shutil.copy(f"{out}/report.html", html.path)
-    with open(f"{decision_report.path}/decision.json") as handle:
-        decision = json.load(handle)
+        page, _ = run_report(Path(decision_report.path), evaluations, Path(out))
+        shutil.copy(page, html.path)
+    decision = GateDecision.load(Path(decision_report.path))
     rows = ["| model | validation | holdout |", "| --- | --- | --- |"]
-    for kind, row in decision["candidates"].items():
+    for kind, row in decision.candidates.items():
         rows.append(f"| {kind} | {row['validation_accuracy']:.4f} | "
                     f"{row['holdout_accuracy']:.4f} |")
     with open(summary.path, "w") as handle:
-        handle.write(f"## Gate: {decision['decision']} {decision['challenger']['kind']}\n\n"
-                     f"{decision['reason']}\n\n" + "\n".join(rows) + "\n")
+        handle.write(f"## Gate: {decision.decision} {decision.challenger_kind}\n\n"
+                     f"{decision.reason}\n\n" + "\n".join(rows) + "\n")
 
 
 @component
@@ -229,21 +217,16 @@ def deploy(
     run_id: str = "",
 ) -> str:
     """Promote (``expect='promote'``) or archive (``'reject'``) the challenger; return JSON."""
-    import io
     import json
-    from contextlib import redirect_stdout
+    from pathlib import Path
 
-    from components.deploy import main
+    from components.deploy import run_deploy
     from components.progress import headline
 
-    out = io.StringIO()
-    with redirect_stdout(out):
-        main(["--challenger", challenger.path, "--decision", decision_report.path,
-              "--dataset", dataset.path, "--report", report.path, "--expect", expect,
-              "--run-id", run_id])
-    outcome = json.loads(out.getvalue())
+    outcome = run_deploy(Path(challenger.path), Path(decision_report.path), Path(dataset.path),
+                         Path(report.path), expect=expect, run_id=run_id)
     headline(f"{outcome['status']} {outcome['version']}")
-    return out.getvalue().strip()
+    return json.dumps(outcome)
 
 
 @serve_component

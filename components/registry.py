@@ -71,6 +71,17 @@ def new_version_id(kind: str) -> str:
     return f"{stamp}-{kind}-{os.urandom(3).hex()}"
 
 
+def version_name(metadata: dict[str, Any]) -> str:
+    """A new version's name: ``<run_id>-<kind>`` for a pipeline run's model, else a fresh id.
+
+    Named after the run, a version is found by whoever started the run
+    (:meth:`Registry.run_version`) without anyone else computing its name.
+    """
+    kind = str(metadata.get("kind", "model"))
+    run_id = metadata.get("run_id")
+    return f"{run_id}-{kind}" if run_id else new_version_id(kind)
+
+
 @contextlib.contextmanager
 def open_registry() -> Iterator[Registry]:
     """The configured registry, or the embedded store ``digits run`` uses, for one command."""
@@ -191,7 +202,7 @@ class Registry:
         files = _files_under(model_dir)
         if not files:
             raise RegistryError(f"{model_dir}: nothing to publish")
-        version = version or new_version_id(str(metadata.get("kind", "model")))
+        version = version or version_name(metadata)
         self.ensure_bucket()
         manifest = {}
         for path in files:
@@ -379,6 +390,16 @@ class Registry:
                 })
         return sorted(rows, key=lambda row: (row["created_at"] or "", row["version"]),
                       reverse=True)
+
+    def run_version(self, run_id: str) -> str | None:
+        """The version a pipeline run registered (promoted or rejected), if it finished."""
+        for status in STATUSES:
+            for obj in self.client.list_objects(self.bucket, prefix=f"{status}/{run_id}-"):
+                version = obj.object_name.rstrip("/").split("/")[1]
+                raw = self.read(f"{status}/{version}/{METADATA}")
+                if raw is not None and json.loads(raw).get("run_id") == run_id:
+                    return version
+        return None
 
     def describe(self, version: str) -> dict[str, Any]:
         """A version's metadata with its status as :meth:`list` names it."""

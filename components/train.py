@@ -17,7 +17,7 @@ import numpy as np
 from components import progress
 from components.argparsing import key_value, make_parser
 from components.data import Dataset
-from components.models import MODEL_KINDS, DigitModel, create_model, read_info
+from components.models import MODEL_KINDS, DigitModel, create_model
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +42,24 @@ def train(kind: str, dataset: Dataset, **params: Any) -> tuple[DigitModel, dict[
 
 def run_for_kfp(kind: str, dataset_path: str, model_artifact, metrics_artifact,
                 **params: Any) -> None:
-    """What every train component does: run the CLI, then label its KFP artifacts.
+    """What every train component does: train, then label its KFP artifacts.
 
     The model's kind and validation accuracy go on the ``Model`` artifact and
     the headline numbers into ``Metrics``, so the dashboard can compare runs.
     """
-    main(["--kind", kind, "--dataset", dataset_path, "--output", model_artifact.path]
-         + [f"--param={key}={json.dumps(value)}" for key, value in params.items()])
-    info = read_info(model_artifact.path)
+    info = run_train(kind, Path(dataset_path), Path(model_artifact.path), **params)
     model_artifact.metadata.update(kind=kind, validation_accuracy=info["validation_accuracy"])
     metrics_artifact.log_metric("validation_accuracy", info["validation_accuracy"])
     metrics_artifact.log_metric("train_seconds", info["train_seconds"])
     progress.headline(f"validation accuracy {info['validation_accuracy']:.4f} "
                       f"in {info['train_seconds']:.0f} s")
+
+
+def run_train(kind: str, dataset_dir: Path, output: Path, **params: Any) -> dict[str, Any]:
+    """The train stage: fit ``kind`` on the dataset, save it to ``output``; return its facts."""
+    model, info = train(kind, Dataset.load(Path(dataset_dir)), **params)
+    model.save(output, **info)
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     params = {key: json.loads(value) for key, value in args.param}
-    model, info = train(args.kind, Dataset.load(args.dataset), **params)
-    model.save(args.output, **info)
+    info = run_train(args.kind, args.dataset, args.output, **params)
     print(json.dumps({"kind": args.kind, **info}))
     return 0

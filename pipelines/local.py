@@ -7,7 +7,6 @@ data under ``DIGITS_HOME`` so the registry persists between runs.
 """
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from components.gate import DECISION_FILE
+from components.contract import GateDecision
 from components.settings import Settings
 from pipelines.progress import SKIPPED, WAITING, LiveView, PlainView, TaskLogRouter
 from pipelines.training import MODEL_FAMILIES, build_pipeline
@@ -251,9 +250,11 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
                 except Exception as error:
                     raise _failure(router, error) from error
                 decision_dir = Path(task.outputs["decision_report"].path)
-                decision = json.loads((decision_dir / DECISION_FILE).read_text())
+                decision = GateDecision.load(decision_dir)
                 registry = Registry.from_settings(get_settings())
-                version = f"{run_id}-{decision['challenger']['kind']}"
+                version = registry.run_version(run_id)
+                if version is None:
+                    raise RunFailed("deploy", "the run registered no version", None, False)
                 pointer, submissions = registry.production(), registry.submissions()
                 dataset = registry.metadata(version)["dataset"]
             for stage in router.stages.values():
@@ -267,13 +268,12 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         raise
     report = run_dir / "report.html"
     shutil.copyfile(task.outputs["report"].path, report)
-    kind = decision["challenger"]["kind"]
     feedback = dataset.get("feedback")
     submitted = next((record for record in submissions if record.get("version") == version
-                      and decision["decision"] == "promote"), None)
+                      and decision.promoted), None)
     models = {
         name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS}}
-        for name, row in decision["candidates"].items()
+        for name, row in decision.candidates.items()
     }
     return {
         "run_id": run_id,
@@ -281,12 +281,12 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         "wall_seconds": round(time.perf_counter() - started, 1),
         "models": models,
         "gate": {
-            "decision": decision["decision"],
-            "reason": decision["reason"],
-            "challenger": kind,
-            "champion": (decision.get("champion") or {}).get("version"),
-            "challenger_accuracy": decision["challenger"]["accuracy"],
-            "champion_accuracy": (decision.get("champion") or {}).get("accuracy"),
+            "decision": decision.decision,
+            "reason": decision.reason,
+            "challenger": decision.challenger_kind,
+            "champion": decision.champion_version,
+            "challenger_accuracy": decision.challenger["accuracy"],
+            "champion_accuracy": (decision.champion or {}).get("accuracy"),
         },
         "train_digits": dataset["sizes"]["train"],
         "version": version,
@@ -331,7 +331,7 @@ def _set_aside(run_dir: Path, failed_runs: Path) -> Path | None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable account of the run: metrics table, gate, where things are."""
-    from components.report import summary_table
+    from components.rendering import summary_table
 
     lines = [f"run {summary['run_id']} ({summary['wall_seconds']} s)",
              summary_table({kind: row["metrics"] for kind, row in summary["models"].items()}),

@@ -297,6 +297,23 @@ def build_parser():
     return p
 
 
+def command_line(schedule: dict[str, Any]) -> str:
+    """The ``digits simulate`` flags that reproduce a schedule (as saved in the state)."""
+    default = Schedule().to_json()
+    flags = []
+    if schedule["sizes"] != default["sizes"]:
+        flags.append("--sizes " + ",".join(str(s or ALL) for s in schedule["sizes"]))
+    if schedule["seeds"] != default["seeds"]:
+        flags.append(f"--seeds {schedule['seeds']}")
+    if schedule["models"] != default["models"]:
+        flags.append("--models " + ",".join(schedule["models"]))
+    if schedule["first_seed"] != default["first_seed"]:
+        flags.append(f"--seed {schedule['first_seed']}")
+    flags += [f"--arg {name}={json.dumps(value)}" for name, value in schedule["arguments"].items()
+              if default["arguments"].get(name, object()) != value]
+    return " ".join(["digits simulate", *flags])
+
+
 def schedule_from(args) -> Schedule:
     quick = args.quick
     arguments = {**DEFAULT_ARGUMENTS, **(QUICK_ARGUMENTS if quick else {}),

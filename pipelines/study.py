@@ -243,7 +243,7 @@ def write_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 # --- the report ------------------------------------------------------------------------
 
 def _data_uri(fig) -> str:
-    from components.report import figure_to_data_uri
+    from components.rendering import figure_to_data_uri
 
     try:
         return figure_to_data_uri(fig)

@@ -106,13 +106,16 @@ def study_figures(directory: Path = STUDY) -> str:
     schedule = record["schedule"]
     sizes = ", ".join(f"{size:,}" if size else "all" for size in schedule["sizes"])
     arguments = ", ".join(f"`{k}={v}`" for k, v in schedule["arguments"].items()) or "none"
+    from pipelines.simulate import command_line
+
     provenance = (
-        f"Made by `make study` (`digits simulate`: training sizes {sizes}; "
+        f"Made by `{command_line(schedule)}` (training sizes {sizes}; "
         f"{schedule['seeds']} seeds each; {', '.join(schedule['models'])}; pipeline arguments "
         f"{arguments}, every other at its default) on {record['machine']}: "
         f"{record['steps']} pipeline runs in {record['wall_seconds'] / 60:.0f} min, finished "
         f"{record['finished']}. Generated from [docs/study/results.csv](docs/study/results.csv) "
-        "by `make study-readme`; nothing here is typed by hand.")
+        "by `make study-readme`; nothing here is typed by hand. `make study` runs the default "
+        "study and rewrites this section.")
     return results_markdown(read_results(directory / "results.csv"),
                             "docs/study/learning_curves.png", provenance)
 

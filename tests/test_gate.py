@@ -7,18 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from components.evaluate import evaluate
+from components.contract import EVALUATION_DIR, PROMOTE, REJECT, GateDecision
 from components.gate import (
-    PROMOTE,
-    REJECT,
     GateError,
     GatePolicy,
     decide,
+    judge,
     run_gate,
     select_challenger,
 )
 from components.metrics import mcnemar_test
 from components.models import load_model
+from components.scoring import evaluate
 from components.train import train
 
 POLICY = GatePolicy(min_accuracy=0.8, min_improvement=0.001, alpha=0.05,
@@ -140,18 +140,35 @@ def test_challenger_is_chosen_by_validation_not_holdout(candidates, tmp_path):
         select_challenger({})
 
 
-def test_run_gate_scores_the_champion_on_this_runs_holdout(candidates, tiny_dataset):
+def test_the_gate_scores_the_champion_on_this_runs_holdout(candidates, tiny_dataset):
     models, evaluations = candidates
-    result, champion = run_gate(tiny_dataset, models, evaluations,
-                                ("v-champion", models["baseline"]), GatePolicy(min_accuracy=0.5))
-    assert result["champion"]["version"] == "v-champion" == champion.info["version"]
+    kind = select_challenger(models)
+    # The production model is the challenger itself: it must not replace itself.
+    result, champion = judge(tiny_dataset, models, evaluations,
+                             ("v-champion", models[kind]), GatePolicy(min_accuracy=0.5))
+    assert result.champion_version == "v-champion" == champion.info["version"]
     # The champion was scored afresh on this run's holdout, identically to its own evaluation.
-    rescored = evaluate(load_model(models["baseline"]), tiny_dataset)
+    rescored = evaluate(load_model(models[kind]), tiny_dataset)
     np.testing.assert_allclose(champion.proba, rescored.proba, atol=1e-6)
-    assert result["champion"]["metrics"]["n"] == len(tiny_dataset.y_holdout)
-    assert set(result["candidates"]) == {"baseline", "xgboost"}
-    assert result["challenger"]["kind"] == select_challenger(models)
-    assert result["decision"] in (PROMOTE, REJECT) and result["reason"]
+    assert result.champion["metrics"]["n"] == len(tiny_dataset.y_holdout)
+    assert set(result.candidates) == {"baseline", "xgboost"}
+    assert result.challenger_kind == kind
+    assert result.decision == REJECT
+    assert {c["name"] for c in result.checks if not c["passed"]} == {"beats_champion", "mcnemar"}
+
+
+def test_the_gate_stage_lays_out_its_outputs(candidates, tiny_dataset, tmp_path):
+    models, evaluations = candidates
+    tiny_dataset.save(tmp_path / "dataset")
+    decision = run_gate(tmp_path / "dataset", models, evaluations, tmp_path / "challenger",
+                        tmp_path / "decision", GatePolicy(min_accuracy=0.5), use_champion=False)
+    assert decision == GateDecision.load(tmp_path / "decision")
+    assert decision.decision == PROMOTE and "no champion yet" in decision.reason
+    kind = decision.challenger_kind
+    assert (tmp_path / "challenger" / "model.json").read_text() == \
+        (models[kind] / "model.json").read_text()
+    assert (tmp_path / "challenger" / EVALUATION_DIR / "evaluation.json").is_file()
+    assert not (tmp_path / "decision" / "champion").exists()
 
 
 def test_evaluation_on_another_holdout_is_refused(candidates, tiny_dataset):
@@ -159,4 +176,4 @@ def test_evaluation_on_another_holdout_is_refused(candidates, tiny_dataset):
     other = type(tiny_dataset)(**{**tiny_dataset.__dict__,
                                   "manifest": {**tiny_dataset.manifest, "holdout_sha256": "x"}})
     with pytest.raises(GateError, match="different holdout"):
-        run_gate(other, models, evaluations, None, POLICY)
+        judge(other, models, evaluations, None, POLICY)

@@ -85,6 +85,20 @@ def test_failed_versions_are_kept_but_never_served(registry, model_dir):
     assert registry.production().version == good
 
 
+def test_the_registry_names_a_runs_version_and_finds_it_again(registry, model_dir):
+    promoted = registry.promote(model_dir, {**meta(), "run_id": "20261130T120000Z-aa"}, "first")
+    rejected = registry.publish(model_dir, {**meta(0.5), "run_id": "20261130T130000Z-bb"},
+                                status=FAILED)
+    anonymous = registry.publish(model_dir, meta(0.6), status=FAILED)
+    assert (promoted, rejected) == ("20261130T120000Z-aa-baseline", "20261130T130000Z-bb-baseline")
+    assert registry.run_version("20261130T120000Z-aa") == promoted
+    assert registry.run_version("20261130T130000Z-bb") == rejected
+    # A run that registered nothing, and one whose id only starts like another's, find nothing.
+    assert registry.run_version("20261130T140000Z-cc") is None
+    assert registry.run_version("20261130T120000Z") is None
+    assert anonymous not in (promoted, rejected) and "-baseline-" in anonymous
+
+
 def test_rollback_walks_back_through_history(registry, model_dir):
     first = registry.promote(model_dir, meta(0.90), reason="one")
     second = registry.promote(model_dir, meta(0.95), reason="two")

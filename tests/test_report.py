@@ -14,16 +14,16 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from components.metrics import compute_metrics, directory_size_bytes, mcnemar_test, timed_predict
-from components.models import create_model
-from components.report import (
+from components.contract import (
     EVALUATION_FILE,
     METRICS_FILE,
-    MODEL_SECTION_SUFFIXES,
     PREDICTIONS_FILE,
     REPORT_FILE,
-    SECTION_IDS,
     ModelEvaluation,
+)
+from components.metrics import compute_metrics, directory_size_bytes, mcnemar_test, timed_predict
+from components.models import create_model
+from components.rendering.figures import (
     figure_to_data_uri,
     most_confident_mistakes,
     plot_confidence_histogram,
@@ -33,6 +33,10 @@ from components.report import (
     plot_roc_pr,
     plot_top_mistakes,
     plot_training_curves,
+)
+from components.rendering.page import (
+    MODEL_SECTION_SUFFIXES,
+    SECTION_IDS,
     render_report,
     report_data,
     slug,
@@ -398,9 +402,9 @@ def test_feedback_accuracy_is_shown_apart_only_when_the_run_had_feedback(tiny_da
     from dataclasses import replace
 
     from components.data import Source, add_feedback, build_dataset
-    from components.evaluate import evaluate
     from components.feedback import FeedbackItem
     from components.models import create_model
+    from components.scoring import evaluate
 
     assert 'id="feedback"' not in render_report(evaluations, _gate(evaluations))
     d = tiny_dataset

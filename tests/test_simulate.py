@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,11 @@ from pipelines.simulate import (
     STATE_FILE,
     ProductionRegressed,
     Schedule,
+    build_parser,
     check_production,
+    command_line,
     main,
+    schedule_from,
 )
 from pipelines.study import read_results, results_markdown
 from tests.waiting import wait_for
@@ -186,3 +190,11 @@ def test_the_schedule():
     for bad in ({"sizes": (5,)}, {"sizes": (100, 100)}, {"models": ("svm",)}, {"seeds": 0}):
         with pytest.raises(ValueError):
             Schedule(**bad)
+
+
+def test_the_command_line_reproduces_the_schedule():
+    schedule = Schedule(sizes=(300, 0), seeds=2, models=("xgboost",), first_seed=3,
+                        arguments={"min_accuracy": 0.0, "epochs": 2})
+    argv = shlex.split(command_line(schedule.to_json()))[2:]
+    assert schedule_from(build_parser().parse_args(argv)) == schedule
+    assert command_line(Schedule().to_json()) == "digits simulate"
