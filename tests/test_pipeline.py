@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from components.images import SERVE_IMAGE, TRAIN_IMAGE
+from pipelines.local import task_labels
 from pipelines.training import (
     COMPILED,
     KAGGLE_SECRET,
@@ -113,7 +114,9 @@ def test_pipeline_parameters_expose_training_and_gate_knobs(compiled):
 
 
 def test_subsets_of_models_build_and_unknown_ones_do_not():
-    assert build_pipeline(["xgboost"]) is not None
+    labels = set(task_labels(build_pipeline(["xgboost"])).values())
+    assert {"ingest", "train-xgboost", "evaluate-xgboost", "gate", "report"} <= labels
+    assert not [label for label in labels if "cnn" in label or "baseline" in label]
     with pytest.raises(ValueError, match="subset"):
         build_pipeline(["svm"])
     with pytest.raises(ValueError, match="subset"):

@@ -19,8 +19,10 @@ from components.contract import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
+    GateDecision,
     ModelEvaluation,
 )
+from components.gate import GatePolicy, decide
 from components.metrics import compute_metrics, directory_size_bytes, mcnemar_test, timed_predict
 from components.models import create_model
 from components.rendering.figures import (
@@ -74,26 +76,14 @@ def evaluations(tiny_dataset, tmp_path_factory) -> dict[str, ModelEvaluation]:
 
 
 def _gate(evaluations, *, champion: bool = True) -> dict:
-    """A gate decision shaped like the gate stage's, built from the real predictions."""
+    """The gate's own decision on these predictions: XGBoost challenging the baseline."""
     new, old = evaluations["xgboost"], evaluations["baseline"]
-
-    def recall(e):
-        return {d: v["recall"] for d, v in e.metrics["per_class"].items()}
-
-    mcnemar = mcnemar_test(new.y_true, new.y_pred, old.y_pred)
-    return {
-        "decision": "promote",
-        "reason": "challenger is better than the champion" if champion else "first model",
-        "challenger": {"kind": "xgboost", "accuracy": new.metrics["accuracy"],
-                       "per_class_recall": recall(new)},
-        "champion": {"version": old.info["version"], "accuracy": old.metrics["accuracy"],
-                     "per_class_recall": recall(old)} if champion else None,
-        "mcnemar": {k: mcnemar[k] for k in ("b", "c", "p_value")} if champion else None,
-        "checks": [
-            {"name": "min_accuracy", "passed": True, "detail": "above the floor"},
-            {"name": "per_class_recall_drop", "passed": False, "detail": "digit 8 <fell>"},
-        ],
-    }
+    result = decide(new.y_true, new.y_pred, old.y_pred if champion else None,
+                    GatePolicy(min_accuracy=0.5))
+    result["challenger"].update(kind="xgboost", metrics=new.metrics)
+    if champion:
+        result["champion"].update(version=old.info["version"], metrics=old.metrics)
+    return GateDecision(**result).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -187,15 +177,27 @@ def test_every_section_present(page, evaluations):
 def test_gate_evidence_rendered(page, evaluations):
     text = " ".join(_parse(page).text)
     gate = _gate(evaluations)
-    assert "PROMOTE" in text
+    assert gate["decision"].upper() in text
     assert f"b = {gate['mcnemar']['b']:,}" in text and f"c = {gate['mcnemar']['c']:,}" in text
     assert f"{gate['mcnemar']['p_value']:.3g}" in text
-    assert "✘ fail" in text and "✔ pass" in text
-    assert "digit 8 <fell>" in text  # escaped in the HTML, intact as text
-    assert "<fell>" not in page
+    # Every check the gate made is in the table, with its verdict and its evidence.
+    assert [c["name"] for c in gate["checks"]] == [
+        "accuracy_floor", "beats_champion", "mcnemar", "class_regression"]
+    passed = sum(c["passed"] for c in gate["checks"])
+    assert (text.count("✔ pass"), text.count("✘ fail")) == (passed, 4 - passed)
+    for check in gate["checks"]:
+        assert check["name"] in text and check["detail"] in text
     assert "Watcher &lt;test&gt; &amp; co" in page
     assert "Per-digit recall" in text and "champion" in text
     assert "Small holdout" in text  # 300 digits: the wide-interval warning is visible
+
+
+def test_text_from_the_gate_is_escaped(evaluations):
+    gate = _gate(evaluations)
+    gate["checks"][0]["detail"] += " <fell>"
+    page = render_report(evaluations, gate, "escaping")
+    assert "<fell>" not in page and "&lt;fell&gt;" in page
+    assert _parse(page).errors == []
 
 
 def test_first_model_without_champion(evaluations):
@@ -241,7 +243,7 @@ def test_write_report_files(evaluations, tmp_path):
                       parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert set(data["models"]) == {"xgboost", "baseline"}
     assert data["models"]["baseline"]["metrics"] == evaluations["baseline"].metrics
-    assert data["gate"]["decision"] == "promote"
+    assert data["gate"] == gate
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [METRICS_FILE, REPORT_FILE]
 
 

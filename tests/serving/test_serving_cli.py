@@ -162,13 +162,14 @@ def test_hot_rollover_under_load_with_real_gunicorn(s3_server, make_registry, tr
         for thread in threads:
             thread.start()
         try:
-            time.sleep(1.0)
+            wait_for(lambda: len(results) >= 20, 30, "traffic on the first version")
             second = promote(registry, trained["xgboost"], "better model")
             kinds[second] = "xgboost"
             wait_for(lambda: set(model_info(port).values()) == {second}, 30,
                      "every worker on the new version")
             switched_at = time.monotonic()
-            time.sleep(1.0)
+            answered = len(results)
+            wait_for(lambda: len(results) >= answered + 20, 30, "traffic on the new version")
 
             # A corrupted new version is refused by every worker; the old keeps serving.
             bad = promote(registry, trained["xgboost"], "corrupted later")
@@ -176,7 +177,8 @@ def test_hot_rollover_under_load_with_real_gunicorn(s3_server, make_registry, tr
             registry.client.put_object(registry.bucket, f"versions/{bad}/model.ubj",
                                        io.BytesIO(data), len(data))
             wait_for(lambda: reload_failures(port) >= 2, 30, "both workers refusing")
-            time.sleep(0.5)
+            answered = len(results)
+            wait_for(lambda: len(results) >= answered + 10, 30, "traffic after the refusal")
         finally:
             stop.set()
             for thread in threads:

@@ -16,6 +16,7 @@ from components.registry import POINTER, Registry
 from serving.model import Batcher, DigitsModel, LoadedModel, make_registry
 from serving.settings import ServeSettings
 from tests.serving.helpers import app_config, make_app, promote, v2_body
+from tests.waiting import wait_for
 
 INFER = "/v2/models/digits/infer"
 
@@ -194,10 +195,8 @@ def test_poller_picks_up_a_new_version(s3_server, make_registry, trained):
         assert server.model.wait_ready(30)
         assert server.model.current.version == first
         second = promote(registry, trained["xgboost"])
-        deadline = time.monotonic() + 20
-        while server.model.current.version != second and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.model.current.version == second
+        wait_for(lambda: server.model.current.version == second, 20,
+                 "the poller to serve the newly promoted version")
     finally:
         server.model.stop()
 
