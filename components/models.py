@@ -39,6 +39,10 @@ class DigitModel(ABC):
 
     kind: ClassVar[str]
     filename: ClassVar[str]
+    #: The framework that runs it, as the inference protocol's ``platform`` names it.
+    platform: ClassVar[str]
+    #: What one step of its training history is (the report's x axis).
+    history_step: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
     #: What a parameter meant before it existed: a model saved without it is loaded
     #: with this value, so it predicts exactly as it was trained (never the new default).
@@ -124,6 +128,8 @@ class CNN(DigitModel):
     """
 
     kind = "cnn"
+    platform = "keras"
+    history_step = "epoch"
     filename = "model.keras"
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 12, "batch_size": 256, "learning_rate": 4e-3, "width": 32, "dropout": 0.3,
@@ -254,6 +260,8 @@ class XGBoost(DigitModel):
     """
 
     kind = "xgboost"
+    platform = "xgboost"
+    history_step = "boosting round"
     filename = "model.ubj"
     defaults: ClassVar[dict[str, Any]] = {
         "n_estimators": 400, "max_depth": 6, "learning_rate": 0.15, "colsample_bytree": 0.5,
@@ -348,6 +356,8 @@ class Baseline(DigitModel):
     """
 
     kind = "baseline"
+    platform = "numpy"
+    history_step = "fit"
     filename = "weights.npz"
     defaults: ClassVar[dict[str, Any]] = {
         "max_iter": 200, "C": 1.0, "tol": 1e-3, "features": "deskew", "seed": 0}

@@ -391,6 +391,26 @@ class Registry:
         return sorted(rows, key=lambda row: (row["created_at"] or "", row["version"]),
                       reverse=True)
 
+    def download_production(self, pointer: Pointer, destination: Path) -> dict[str, Any]:
+        """Download the version ``pointer`` names, checked against the pointer itself.
+
+        Its ``metadata.json`` must hash to what the pointer recorded when it was
+        written (a version replaced under the same name is refused), every file
+        to its own checksum, and the metadata must not change during the download.
+        """
+        raw = self.read(f"{VERSIONS}/{pointer.version}/{METADATA}")
+        if raw is None:
+            raise RegistryError(f"{pointer.version}: no {METADATA} under {VERSIONS}/")
+        digest = sha256_bytes(raw)
+        if digest != pointer.metadata_sha256:
+            raise RegistryError(
+                f"{pointer.version}: {METADATA} sha256 {digest[:12]}… does not match the "
+                f"production pointer's {pointer.metadata_sha256[:12]}…")
+        metadata = self.download(pointer.version, destination)
+        if metadata != json.loads(raw):
+            raise RegistryError(f"{pointer.version}: metadata changed during the download")
+        return metadata
+
     def run_version(self, run_id: str) -> str | None:
         """The version a pipeline run registered (promoted or rejected), if it finished."""
         for status in STATUSES:

@@ -1,9 +1,10 @@
 """Settings read from the environment, all under one prefix: ``DIGITS_``.
 
-One object carries every knob the stages and the server share, so a value set
-for ``digits run`` (say ``DIGITS_S3_ENDPOINT``) means the same to ``digits serve``
-and to the containers on the cluster, where the same variables come from a
-Kubernetes Secret and ConfigMap.
+:class:`StoreSettings` is what the pipeline and the server share (where the
+registry lives), so a value set for ``digits run`` (say ``DIGITS_S3_ENDPOINT``)
+means the same to ``digits serve`` and to the containers on the cluster, where
+the same variables come from a Kubernetes Secret and ConfigMap. The pipeline's
+own knobs are :class:`Settings`; the server's are ``serving.settings.ServeSettings``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
-    """Environment-driven configuration (``DIGITS_<FIELD>``)."""
+class StoreSettings(BaseSettings):
+    """Where the registry lives (``DIGITS_<FIELD>``): an S3 store, or an embedded one."""
 
     model_config = SettingsConfigDict(env_prefix="DIGITS_", extra="ignore")
 
@@ -23,6 +24,24 @@ class Settings(BaseSettings):
         default=Path(".digits"),
         description="Project-local state: the embedded S3 store's data, pipeline runs.",
     )
+    s3_endpoint: str | None = Field(
+        default=None, description="host:port of the S3 store; unset means an embedded one."
+    )
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = False
+    s3_region: str | None = None
+    bucket: str = "digits-registry"
+
+    @property
+    def s3_configured(self) -> bool:
+        """True when an external S3 store is named, so no embedded one is needed."""
+        return bool(self.s3_endpoint and self.s3_access_key and self.s3_secret_key)
+
+
+class Settings(StoreSettings):
+    """The pipeline's configuration (``DIGITS_<FIELD>``): data, the registry, Kaggle."""
+
     mnist_dir: Path | None = Field(
         default=None, description="Directory holding the four MNIST IDX .gz files."
     )
@@ -34,14 +53,6 @@ class Settings(BaseSettings):
         default="https://storage.googleapis.com/cvdf-datasets/mnist/",
         description="Mirror used when MNIST must be downloaded.",
     )
-    s3_endpoint: str | None = Field(
-        default=None, description="host:port of the S3 store; unset means an embedded one."
-    )
-    s3_access_key: SecretStr | None = None
-    s3_secret_key: SecretStr | None = None
-    s3_secure: bool = False
-    s3_region: str | None = None
-    bucket: str = "digits-registry"
     kaggle_score_timeout_s: float = Field(
         default=600.0, gt=0,
         description="How long a Kaggle submission job waits for Kaggle to score the file.",
@@ -56,11 +67,6 @@ class Settings(BaseSettings):
         default=2.0, ge=0,
         description="First back-off between those tries; it doubles each time.",
     )
-
-    @property
-    def s3_configured(self) -> bool:
-        """True when an external S3 store is named, so no embedded one is needed."""
-        return bool(self.s3_endpoint and self.s3_access_key and self.s3_secret_key)
 
 
 def get_settings() -> Settings:

@@ -15,7 +15,7 @@ concurrency) and its threads queue on the GIL, which cost 2-3x in p99 for
 ~20% more single-image throughput. Behind a Kubernetes Service or an ingress
 that buffers requests, sync workers are the standard choice for CPU-bound
 work. With ``gthread``, concurrent requests in a worker share forward passes
-(:class:`serving.model.Batcher`).
+(:class:`serving.batching.Batcher`).
 """
 
 from __future__ import annotations

@@ -20,38 +20,34 @@ Rollover without a failed request:
   registry only ever delays a rollover.
 
 Requests that arrive while the model is busy are merged into one forward pass
-(:class:`Batcher`): a single image costs XGBoost ~0.3 ms, 64 images ~1 ms.
+(:class:`serving.batching.Batcher`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from components.models import DigitModel, load_model
-from components.registry import METADATA, VERSIONS, Pointer, Registry, sha256_bytes
+from components.registry import Pointer, Registry
 from components.stem import IMAGE_SIDE, NUM_CLASSES
+from serving.batching import Batcher
 from serving.metrics import Metrics
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-#: Framework behind each model kind, reported as the v2 ``platform``.
-PLATFORMS = {"cnn": "keras", "xgboost": "xgboost", "baseline": "numpy"}
 #: Longest wait before retrying a version that was refused.
 MAX_RETRY_S = 300.0
-#: Rows merged into one forward pass at most.
-MAX_FORWARD_ROWS = 1024
 
 
 class ModelNotReady(RuntimeError):
@@ -76,7 +72,7 @@ class LoadedModel:
 
     @property
     def platform(self) -> str:
-        return PLATFORMS.get(self.kind, self.kind)
+        return self.model.platform
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(images)
@@ -93,96 +89,6 @@ class Prediction:
     @property
     def labels(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
-
-
-@dataclass
-class _Pending:
-    """A request waiting in the batcher."""
-
-    loaded: LoadedModel
-    images: np.ndarray
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False
-    result: np.ndarray | None = None
-    error: BaseException | None = None
-
-
-class Batcher:
-    """Merge concurrent requests into one forward pass, without ever waiting for more.
-
-    Leader/follower: the first request to arrive while the model is idle runs
-    the forward pass itself (no thread hop, no added latency). Requests that
-    arrive meanwhile queue up; when the pass ends, the leader hands the lead
-    to the oldest waiting request, which runs everything queued in one pass.
-    Each pass is grouped by :class:`LoadedModel`, so a batch spanning a
-    rollover still answers every request from the version it started with.
-    """
-
-    def __init__(self, metrics: Metrics | None = None, max_rows: int = MAX_FORWARD_ROWS) -> None:
-        self._lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._busy = False
-        self._metrics = metrics
-        self._max_rows = max_rows
-
-    def predict(self, loaded: LoadedModel, images: np.ndarray) -> np.ndarray:
-        item = _Pending(loaded, images)
-        with self._lock:
-            self._queue.append(item)
-            if not self._busy:
-                self._busy = item.lead = True
-        if not item.lead:
-            item.done.wait()
-        if item.lead and item.result is None and item.error is None:
-            self._run_once()
-        if item.error is not None:
-            raise item.error
-        return item.result
-
-    def _take(self) -> list[_Pending]:
-        batch, rows = [], 0
-        with self._lock:
-            while self._queue:
-                if batch and rows + len(self._queue[0].images) > self._max_rows:
-                    break
-                item = self._queue.pop(0)
-                batch.append(item)
-                rows += len(item.images)
-        return batch
-
-    def _run_once(self) -> None:
-        batch = self._take()
-        try:
-            groups: dict[int, list[_Pending]] = {}
-            for item in batch:
-                groups.setdefault(id(item.loaded), []).append(item)
-            for items in groups.values():
-                self._forward(items)
-        finally:
-            for item in batch:
-                item.done.set()
-            with self._lock:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.lead = True
-                    successor.done.set()
-                else:
-                    self._busy = False
-
-    def _forward(self, items: list[_Pending]) -> None:
-        try:
-            images = items[0].images if len(items) == 1 else np.concatenate(
-                [item.images for item in items])
-            if self._metrics is not None:
-                self._metrics.forward_batch.observe(len(images))
-            proba = items[0].loaded.predict_proba(images)
-            start = 0
-            for item in items:
-                item.result = proba[start:start + len(item.images)]
-                start += len(item.images)
-        except BaseException as error:  # handed to each request; the batcher lives on
-            for item in items:
-                item.error = error
 
 
 def make_registry(settings: ServeSettings) -> Registry:
@@ -269,21 +175,9 @@ class DigitsModel:
 
     def _fetch(self, pointer: Pointer) -> LoadedModel:
         """Download, verify and load one version, or raise saying why it is refused."""
-        raw = self.registry.read(f"{VERSIONS}/{pointer.version}/{METADATA}")
-        if raw is None:
-            raise ModelRejected(f"{pointer.version}: no {METADATA} under {VERSIONS}/")
-        digest = sha256_bytes(raw)
-        if digest != pointer.metadata_sha256:
-            raise ModelRejected(
-                f"{pointer.version}: {METADATA} sha256 {digest[:12]}… does not match the "
-                f"production pointer's {pointer.metadata_sha256[:12]}…"
-            )
-        expected = json.loads(raw)
         directory = Path(tempfile.mkdtemp(prefix=f"{pointer.version}-", dir=self._cache()))
         try:
-            metadata = self.registry.download(pointer.version, directory / "model")
-            if metadata != expected:
-                raise ModelRejected(f"{pointer.version}: metadata changed during the download")
+            metadata = self.registry.download_production(pointer, directory / "model")
             model = load_model(directory / "model")
             if metadata.get("kind") not in (None, model.kind):
                 raise ModelRejected(
@@ -295,8 +189,8 @@ class DigitsModel:
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        return LoadedModel(pointer.version, model.kind, model, metadata, digest,
-                           time.time(), directory)
+        return LoadedModel(pointer.version, model.kind, model, metadata,
+                           pointer.metadata_sha256, time.time(), directory)
 
     @staticmethod
     def _smoke_test(version: str, model: DigitModel) -> None:

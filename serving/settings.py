@@ -1,9 +1,9 @@
 """Serving knobs, read from the same ``DIGITS_`` environment as everything else.
 
-:class:`ServeSettings` extends :class:`components.settings.Settings`, so the
-server finds the registry through exactly the variables ``digits run`` uses
-(``DIGITS_S3_*``, ``DIGITS_BUCKET``, ``DIGITS_HOME``) and adds only what is
-particular to serving.
+:class:`ServeSettings` extends :class:`components.settings.StoreSettings`, so
+the server finds the registry through exactly the variables ``digits run`` uses
+(``DIGITS_S3_*``, ``DIGITS_BUCKET``, ``DIGITS_HOME``) and holds only what the
+server uses besides.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from components.settings import Settings
+from components.settings import StoreSettings
 
 
-class ServeSettings(Settings):
+class ServeSettings(StoreSettings):
     """``DIGITS_<FIELD>`` settings of the HTTP server (and its gunicorn workers)."""
 
     model_name: str = Field(

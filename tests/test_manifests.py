@@ -456,7 +456,8 @@ def test_digits_variables_are_real_settings(rendered):
     """A misspelt DIGITS_* variable is silently ignored by pydantic: catch it here."""
     from serving.settings import ServeSettings
 
-    known = {f"DIGITS_{field.upper()}" for field in ServeSettings.model_fields}
+    known = {f"DIGITS_{field.upper()}"
+             for field in {*Settings.model_fields, *ServeSettings.model_fields}}
     for where, _, c in containers(rendered):
         names = {e["name"] for e in c.get("env", []) if e["name"].startswith("DIGITS_")}
         assert names <= known, f"{where}: unknown settings {sorted(names - known)}"

@@ -24,8 +24,6 @@ CURVE_POINTS = 300
 #: Most confident mistakes shown per model.
 MISTAKES_SHOWN = 24
 MISTAKE_COLUMNS = 12
-#: What one step of training history is called, per model kind.
-X_LABELS = {"cnn": "epoch", "xgboost": "boosting round", "baseline": "fit"}
 MODEL_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 OK_COLOR, BAD_COLOR = "#1a7f37", "#cf222e"
 

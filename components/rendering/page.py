@@ -18,7 +18,6 @@ from components.data import write_atomically
 from components.metrics import DIGITS, mcnemar_test
 from components.rendering.figures import (
     MODEL_COLORS,
-    X_LABELS,
     figure_to_data_uri,
     plot_accuracy_comparison,
     plot_confidence_histogram,
@@ -34,6 +33,14 @@ from components.rendering.figures import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+def _history_step(kind: str | None) -> str | None:
+    """What one step of a family's training history is called (the family says)."""
+    from components.models import MODEL_KINDS
+
+    family = MODEL_KINDS.get(kind or "")
+    return family.history_step if family else None
+
 
 #: Top-level sections, in page order; ids are stable so links and tests can rely on them.
 SECTION_IDS = ("summary", "gate", "comparison", "models")
@@ -507,7 +514,7 @@ def _model_section(model: ModelEvaluation, index: int) -> str:
             "confidence histogram"),
         "mistakes": "<h3>Most confident mistakes</h3>" + mistakes,
         "training": "<h3>Training curves</h3>" + _figure_html(
-            plot_training_curves(model.history, x_label=X_LABELS.get(model.info.get("kind"))),
+            plot_training_curves(model.history, x_label=_history_step(model.info.get("kind"))),
             f"training curves of {name}",
             empty="No training history recorded."),
     }

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from components.registry import POINTER, Registry
-from serving.model import Batcher, DigitsModel, LoadedModel, make_registry
+from serving.batching import Batcher
+from serving.model import DigitsModel, LoadedModel, make_registry
 from serving.settings import ServeSettings
 from tests.serving.helpers import app_config, make_app, promote, v2_body
 from tests.waiting import wait_for
