@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup lock run quick test lint pipeline policy images serve bench readme-figures study study-readme clean
+.PHONY: setup lock run quick test lint pipeline policy policy-setup images serve bench readme-figures study study-readme clean
 
 setup: $(VENV)/.installed
 
@@ -42,11 +42,18 @@ lint: setup
 pipeline: setup  ## recompile pipelines/digits_pipeline.yaml after changing the wiring
 	$(BIN)/digits compile
 
-# checkov is a large tool with pins of its own, so it runs from a throwaway tool
-# environment (uvx), not from the project's lock.
-CHECKOV ?= checkov==3.3.30
-policy: setup  ## policy scan of every rendered overlay (checkov; skips and reasons in manifests/.checkov.yaml)
-	CHECKOV="$(BIN)/uvx --from $(CHECKOV) checkov" scripts/policy-scan.sh
+# checkov has pins of its own (they would pull pytest back), so it gets its own venv,
+# installed from its own hash-checked lock; CI provisions it for the policy tests.
+POLICY_VENV := .venv-policy
+policy-setup: $(POLICY_VENV)/.installed  ## checkov in its own venv, from requirements-policy.lock
+
+$(POLICY_VENV)/.installed: requirements-policy.lock
+	$(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-policy.lock
+	touch $@
+
+policy: policy-setup  ## policy scan of every rendered overlay (checkov; skips and reasons in manifests/.checkov.yaml)
+	CHECKOV=$(POLICY_VENV)/bin/checkov scripts/policy-scan.sh
 
 images:  ## build digits-train and digits-serve with the local Docker engine
 	scripts/build-images.sh

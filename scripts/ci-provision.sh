@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Give a bare Debian CI machine what the Docker and browser test groups need:
-# the Docker engine (started here), debootstrap for the base image, and Chromium.
+# the Docker engine (started here), debootstrap for the base image, Chromium, and checkov
+# (the policy tests).
 # Idempotent: installs only what is missing. Needs root.
 set -euo pipefail
 
@@ -22,3 +23,7 @@ if ! /usr/bin/docker info >/dev/null 2>&1; then
     done
 fi
 /usr/bin/docker info >/dev/null 2>&1 || echo "ci-provision: Docker engine did not start; the Docker tests will fail (CI=true)" >&2
+
+# checkov for the policy tests, from its own hash-checked lock.
+make --no-print-directory policy-setup >/dev/null \
+    || echo "ci-provision: checkov could not be installed; the policy tests will fail (CI=true)" >&2

@@ -11,6 +11,7 @@ actually select.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -25,9 +26,8 @@ import yaml
 
 from components.images import SERVE_IMAGE, TRAIN_IMAGE
 from components.settings import Settings
-from tests.conftest import MANIFEST_ENV_FILES, TEST_CREDENTIALS
+from tests.conftest import MANIFEST_ENV_FILES, ROOT, TEST_CREDENTIALS, missing_prerequisite
 
-ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 NAMESPACE = "digits"
 #: Oldest Kubernetes the manifests target (CronJob timeZone is GA from 1.27), and the newest.
@@ -113,6 +113,60 @@ def rendered(request) -> list[dict[str, Any]]:
 def test_every_overlay_is_tested():
     overlays = {p.name for p in (MANIFESTS / "overlays").iterdir() if p.is_dir()}
     assert overlays == set(ENTRY_POINTS) - {"base"}
+
+
+# --------------------------------------------------------------------------- policy scan
+
+#: A pod breaking the rules checkov enforces: the scan must catch it, or it proves nothing.
+KNOWN_BAD = {
+    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "careless", "namespace": "x"},
+    "spec": {"hostNetwork": True, "containers": [{
+        "name": "app", "image": "app:latest",
+        "securityContext": {"privileged": True, "allowPrivilegeEscalation": True}}]},
+}
+
+
+def checkov() -> str:
+    installed = ROOT / ".venv-policy" / "bin" / "checkov"
+    if installed.exists():
+        return str(installed)
+    if shutil.which("checkov"):
+        return "checkov"
+    missing_prerequisite("checkov is not installed (make policy-setup)")
+
+
+@pytest.fixture(scope="module")
+def policy_scan(base, kaggle, standalone, kubeflow, tmp_path_factory) -> dict[str, Any]:
+    """One checkov run over every rendered entry point and the known-bad pod."""
+    directory = tmp_path_factory.mktemp("policy")
+    files = []
+    for name, docs in {"base": base, "kaggle": kaggle, "standalone": standalone,
+                       "kubeflow": kubeflow, "known-bad": [KNOWN_BAD]}.items():
+        files += ["-f", str(directory / f"{name}.yaml")]
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
+    proc = subprocess.run(
+        [checkov(), "--config-file", str(MANIFESTS / ".checkov.yaml"), "-o", "json", *files],
+        capture_output=True, text=True, timeout=600, check=False)
+    report = json.loads(proc.stdout)
+    failed: dict[str, list[str]] = {}
+    for check in report["results"]["failed_checks"]:
+        name = Path(check["file_path"]).stem
+        failed.setdefault(name, []).append(f"{check['check_id']} {check['resource']}")
+    return {"summary": report["summary"], "failed": failed}
+
+
+@pytest.mark.policy
+def test_every_entry_point_passes_the_policy_scan(policy_scan):
+    assert set(policy_scan["failed"]) == {"known-bad"}, policy_scan["failed"]
+    assert policy_scan["summary"]["parsing_errors"] == 0
+    assert policy_scan["summary"]["passed"] > 4 * 50  # every entry point was really scanned
+
+
+@pytest.mark.policy
+def test_the_policy_scan_catches_a_careless_pod(policy_scan):
+    caught = {entry.split()[0] for entry in policy_scan["failed"]["known-bad"]}
+    # Privileged, privilege escalation, host network, no resource limits, no probes.
+    assert {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_19", "CKV_K8S_11", "CKV_K8S_8"} <= caught
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str,
