@@ -32,6 +32,10 @@ class S3ServerError(RuntimeError):
     """The embedded store would not start; the message carries its log tail."""
 
 
+#: Volumes the embedded store may hold (one or more per bucket; they grow as written).
+MAX_VOLUMES = 1000
+
+
 def weed_binary() -> str:
     """Path of ``weed``: on PATH, or next to this interpreter (venv not activated)."""
     found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
@@ -100,6 +104,9 @@ class LocalS3:
             weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             f"-s3.port={s3}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
+            # Every bucket takes a volume of its own; weed's default allows only
+            # free-disk / 1 GiB of them, which a test session's buckets outgrow.
+            f"-volume.max={MAX_VOLUMES}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
         with self.log_path.open("ab") as log:
