@@ -159,43 +159,43 @@ def _digits_axis(ax, rows) -> None:
     ax.set_xlabel("training digits")
 
 
-def curves_figure(rows: Sequence[dict[str, Any]]):
-    """Holdout accuracy against training digits (log axis), the seeds' range as a band."""
+def _band_figure(rows, mean_of, values_of, *, ylabel: str, title: str,
+                 label_of=lambda model, line: LABELS[model], log_y: bool = False):
+    """One line per model against training digits (log axis), the seeds' range as a band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     for model, line in cells(rows).items():
         x = [c.train_digits for c in line]
-        ax.plot(x, [c.accuracy_mean for c in line], marker="o", color=COLORS[model],
-                label=LABELS[model])
-        ax.fill_between(x, [min(c.accuracy) for c in line], [max(c.accuracy) for c in line],
+        ax.plot(x, [mean_of(c) for c in line], marker="o", color=COLORS[model],
+                label=label_of(model, line))
+        ax.fill_between(x, [min(values_of(c)) for c in line], [max(values_of(c)) for c in line],
                         color=COLORS[model], alpha=0.2, linewidth=0)
-    seeds = len({row["seed"] for row in rows})
     _digits_axis(ax, rows)
-    ax.set(ylabel="holdout accuracy",
-           title=f"How each model improves with data (mean, band: range over {seeds} seeds)")
+    ax.set(ylabel=ylabel, title=title)
+    if log_y:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def curves_figure(rows: Sequence[dict[str, Any]]):
+    """Holdout accuracy against training digits (log axis), the seeds' range as a band."""
+    seeds = len({row["seed"] for row in rows})
+    return _band_figure(
+        rows, lambda c: c.accuracy_mean, lambda c: c.accuracy, ylabel="holdout accuracy",
+        title=f"How each model improves with data (mean, band: range over {seeds} seeds)")
 
 
 def _time_figure(rows):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for model, line in cells(rows).items():
+    def label(model: str, line: list[Cell]) -> str:
         exponent = scaling_exponent(line)
-        label = LABELS[model] + ("" if exponent is None else f" (∝ n^{exponent:.2f})")
-        x = [c.train_digits for c in line]
-        ax.plot(x, [c.seconds_mean for c in line], marker="o", color=COLORS[model], label=label)
-        ax.fill_between(x, [min(c.seconds) for c in line], [max(c.seconds) for c in line],
-                        color=COLORS[model], alpha=0.2, linewidth=0)
-    _digits_axis(ax, rows)
-    ax.set(yscale="log", ylabel="training seconds",
-           title="Training time against data (fitted scaling exponent)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    return fig
+        return LABELS[model] + ("" if exponent is None else f" (∝ n^{exponent:.2f})")
+
+    return _band_figure(rows, lambda c: c.seconds_mean, lambda c: c.seconds,
+                        ylabel="training seconds", label_of=label, log_y=True,
+                        title="Training time against data (fitted scaling exponent)")
 
 
 def _inference_figure(rows):
