@@ -81,8 +81,11 @@ def bench_serve_figures(rows: list) -> str:
             f"{_bench().cpu_model()}):\n\n" + bench_serving.markdown(rows) + "\n")
 
 
-def keep_study(simulation: Path, into: Path = STUDY) -> None:
-    """Copy a finished simulation's CSV and image into ``docs/study`` with where it was made."""
+def keep_study(simulation: Path, into: Path = STUDY, note: str = "") -> None:
+    """Copy a finished simulation's CSV and image into ``docs/study`` with where it was made.
+
+    ``note``: anything a reader must know about the conditions (shown after the provenance).
+    """
     state = json.loads((simulation / "simulation.json").read_text())
     into.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "learning_curves.png"):
@@ -93,6 +96,7 @@ def keep_study(simulation: Path, into: Path = STUDY) -> None:
         "wall_seconds": round(sum(step["wall_seconds"] for step in state["steps"])),
         "machine": f"{os.cpu_count()} cores ({_bench().cpu_model()})",
         "finished": finished.strftime("%Y-%m-%d"),
+        "note": note,
     }
     (into / "study.json").write_text(json.dumps(record, indent=1) + "\n")
 
@@ -115,7 +119,7 @@ def study_figures(directory: Path = STUDY) -> str:
         f"{record['steps']} pipeline runs in {record['wall_seconds'] / 60:.0f} min, finished "
         f"{record['finished']}. Generated from [docs/study/results.csv](docs/study/results.csv) "
         "by `make study-readme`; nothing here is typed by hand. `make study` runs the default "
-        "study and rewrites this section.")
+        "study and rewrites this section." + (f" {record['note']}" if record.get("note") else ""))
     return results_markdown(read_results(directory / "results.csv"),
                             "docs/study/learning_curves.png", provenance)
 
@@ -125,13 +129,14 @@ FIGURES = {"run": run_figures, "bench-train": bench_train_figures,
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in (*FIGURES, "study"):
+    study = len(argv) in (2, 3) and argv[0] == "study"
+    if not study and (len(argv) != 2 or argv[0] not in FIGURES):
         raise SystemExit(f"usage: readme_figures.py {'|'.join(FIGURES)} RESULTS.json\n"
-                         "       readme_figures.py study SIMULATION_DIRECTORY")
-    name, path = argv
-    if name == "study":
+                         "       readme_figures.py study SIMULATION_DIRECTORY [NOTE]")
+    name, path = argv[:2]
+    if study:
         if Path(path).resolve() != STUDY.resolve():
-            keep_study(Path(path))
+            keep_study(Path(path), note=argv[2] if len(argv) == 3 else "")
         content = study_figures()
     else:
         content = FIGURES[name](json.loads(Path(path).read_text()))

@@ -37,3 +37,12 @@ def test_the_readme_holds_every_block_the_commands_write():
     readme = (ROOT / "README.md").read_text()
     for name in readme_figures.FIGURES:
         assert f"<!-- figures:{name} -->" in readme and f"<!-- /figures:{name} -->" in readme
+
+
+def test_the_results_section_is_generated_from_the_committed_study():
+    """README "Results" is exactly what `make study-readme` makes of docs/study/results.csv."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme_figures.replace_block(readme, "study", readme_figures.study_figures())
+    assert block == readme, "README Results is stale or edited by hand: run `make study-readme`"
+    assert (readme_figures.STUDY / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "docs/study/learning_curves.png" in readme
