@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.argparsing import json_or_text, key_value, make_parser, positive_int
+from components.data import write_atomically
 from pipelines.training import MODEL_FAMILIES
 
 #: Training-set sizes of the full study; 0 means every training digit.
@@ -165,18 +165,12 @@ def result_rows(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
 
 
 class Simulation:
@@ -236,7 +230,7 @@ class Simulation:
 
     def _save(self) -> None:
         state = {"schedule": self.schedule.to_json(), "steps": self.steps}
-        _write_atomically(self.state_path, json.dumps(state, indent=1))
+        write_atomically(self.state_path, json.dumps(state, indent=1))
         write_csv(self.output / RESULTS_CSV, result_rows(self.steps))
 
     def check(self) -> None:
