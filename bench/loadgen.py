@@ -91,11 +91,12 @@ class Connection:
             await self._more()
         head, self.buffer = self.buffer[:end].lower(), self.buffer[end + 4:]
         status = int(head[9:12])
-        index = head.find(b"content-length:")
+        # At a line start: "inference-header-content-length:" must not match.
+        index = head.find(b"\r\ncontent-length:")
         if index < 0:
             raise ConnectionError("response without Content-Length")
-        line_end = head.find(b"\r\n", index)
-        length = int(head[index + 15:line_end if line_end >= 0 else len(head)])
+        line_end = head.find(b"\r\n", index + 2)
+        length = int(head[index + 17:line_end if line_end >= 0 else len(head)])
         while len(self.buffer) < length:
             await self._more()
         body, self.buffer = self.buffer[:length], self.buffer[length:]

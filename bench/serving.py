@@ -24,7 +24,8 @@ MLServer runs in its best configuration measured here: ``parallel_workers=0``
 process and was ~10-40% slower) and ``OMP_NUM_THREADS=1`` (with XGBoost's
 default of all cores, its OpenMP threads fight the HTTP process for the two
 cores and latency goes to hundreds of milliseconds). Ours runs as
-``digits serve`` does by default (2 sync workers, one thread per forward pass).
+``digits serve`` does by default (2 sync workers that keep a connection open
+while nobody else waits, one thread per forward pass).
 ``BENCH_MLSERVER_PARALLEL_WORKERS`` overrides MLServer's setting; ``DIGITS_*``
 variables reach our server.
 """
@@ -72,6 +73,8 @@ DEPTH = 6
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "uvloop==0.21.0", "xgboost-cpu", "scikit-learn"]
 MLSERVER_NO_DEPS = ["mlserver-xgboost==1.7.1"]  # it would pull the 500 MB CUDA xgboost
 READY_TIMEOUT_S = 120
+#: Untimed load each server gets per batch size before the first measured cell.
+WARM_UP_S = 2.0
 
 
 def log(message: str) -> None:
@@ -443,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"same answers: MLServer vs in-process max |diff| "
                 f"{np.abs(theirs_p - reference).max():.2e}")
 
+        # Both servers get the same untimed warm-up first: right after start-up one of
+        # them may still be finishing its own start (imports, first-call paths), and
+        # the first cell measured would pay for it.
+        for port, body in ((ours, our_body), (theirs, mlserver_body)):
+            if port:
+                for batch in batches:
+                    loadgen.run(port, request_pool(images, batch, body, port), concurrency=4,
+                                duration=WARM_UP_S, warmup=0)
         for batch in batches:
             our_pool = request_pool(images, batch, our_body, ours)
             their_pool = request_pool(images, batch, mlserver_body, theirs) if theirs else None

@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException
 from components.feedback import FeedbackItem, FeedbackStore
 from serving import protocol
 from serving.imaging import IMAGE_TYPES, ImageError, image_to_mnist
+from serving.infer import InferRoute
 from serving.logs import AccessLog
 from serving.metrics import Metrics
 from serving.model import DigitsModel, LoadedModel, ModelNotReady, Prediction
@@ -78,7 +79,35 @@ class Server:
         self.metrics = Metrics()
         self.model = DigitsModel(settings, metrics=self.metrics)
         self.metrics.ready.set(0)
+        self.access = AccessLog(settings.access_log)
         self._openapi: bytes | None = None
+
+    def predict(self, images: np.ndarray, loaded: LoadedModel) -> Prediction:
+        """Classify with the model the request started with, counting what was asked."""
+        self.metrics.batch_size.observe(len(images))
+        self.metrics.images.inc(len(images))
+        return self.model.predict(images, loaded)
+
+    def account(self, *, route: str, method: str, path: str, status: int, started: float,
+                version: str | None, batch: int | None, remote: str | None,
+                bytes_in: int | None, request_id: str | None) -> list[tuple[str, str]]:
+        """Every answered request: metrics, the access line; the headers it gets back."""
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+        self.access.write(method=method, path=path, route=route, status=status,
+                          duration_ms=round(elapsed * 1000, 3), model_version=version,
+                          batch=batch, remote=remote, bytes_in=bytes_in, request_id=request_id)
+        headers = []
+        if version is not None:
+            headers.append((VERSION_HEADER, version))
+        if request_id:
+            headers.append((REQUEST_ID_HEADER, request_id[:200]))
+        return headers
+
+    def too_large(self) -> str:
+        return (f"request too large: the limit is {self.settings.max_body_bytes} bytes "
+                "(DIGITS_MAX_BODY_BYTES) and 1000 form parts")
 
     def openapi(self) -> bytes:
         if self._openapi is None:
@@ -131,7 +160,6 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     server = Server(settings)
     app.extensions[EXTENSION] = server
     model, metrics = server.model, server.metrics
-    access = AccessLog(settings.access_log)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://",
                       headers_enabled=True, strategy="moving-window")
 
@@ -142,21 +170,13 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        version = g.get("model_version")
-        if version is not None:
-            response.headers[VERSION_HEADER] = version
-        request_id = request.headers.get(REQUEST_ID_HEADER)
-        if request_id:
-            response.headers[REQUEST_ID_HEADER] = request_id[:200]
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(elapsed)
-        access.write(method=request.method, path=request.path, route=route,
-                     status=response.status_code, duration_ms=round(elapsed * 1000, 3),
-                     model_version=version, batch=g.get("batch"),
-                     remote=request.remote_addr, bytes_in=request.content_length,
-                     request_id=request_id)
+        headers = server.account(
+            route=request.url_rule.rule if request.url_rule is not None else "<unmatched>",
+            method=request.method, path=request.path, status=response.status_code,
+            started=g.get("started", time.perf_counter()), version=g.get("model_version"),
+            batch=g.get("batch"), remote=request.remote_addr,
+            bytes_in=request.content_length, request_id=request.headers.get(REQUEST_ID_HEADER))
+        response.headers.update(headers)
         return response
 
     @app.errorhandler(ApiError)
@@ -175,8 +195,7 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
         elif error.code == 405:
             message = f"method {request.method} not allowed on {request.path}"
         elif error.code == 413:
-            message = (f"request too large: the limit is {settings.max_body_bytes} bytes "
-                       "(DIGITS_MAX_BODY_BYTES) and 1000 form parts")
+            message = server.too_large()
         response = error_response(error.code or 500, message)
         for key, value in error.get_headers():  # e.g. Allow on a 405 (RFC 9110 §15.5.6)
             if key.lower() != "content-type":
@@ -191,9 +210,7 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     def _predict(images: np.ndarray, loaded: LoadedModel) -> Prediction:
         """Classify with the model the request started with; record who answered."""
         g.batch = len(images)
-        metrics.batch_size.observe(len(images))
-        metrics.images.inc(len(images))
-        prediction = model.predict(images, loaded)
+        prediction = server.predict(images, loaded)
         g.model_version = prediction.version
         return prediction
 
@@ -244,46 +261,6 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
         loaded = model.current
         is_ready = loaded is not None and version in (None, loaded.version)
         return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
-
-    # ------------------------------------------------------------------ v2: inference
-
-    @app.post("/v2/models/<name>/infer")
-    @app.post("/v2/models/<name>/versions/<version>/infer")
-    def infer(name: str, version: str | None = None) -> Response:
-        loaded = server.resolve(name, version)
-        header, binary = _infer_body()
-        parsed = protocol.v2_request(protocol.loads(header, array_key="data"),
-                                     max_batch=settings.max_batch, binary=binary)
-        prediction = _predict(parsed.images, loaded)
-        answer, raw = protocol.v2_response(
-            model_name=name, version=prediction.version, probabilities=prediction.probabilities,
-            outputs=parsed.outputs, request_id=parsed.request_id)
-        if not raw:
-            return json_response(answer)
-        head = protocol.dumps(answer)
-        response = Response(head + raw, mimetype="application/octet-stream")
-        response.headers[protocol.BINARY_HEADER] = str(len(head))
-        return response
-
-    def _infer_body() -> tuple[bytes, bytes]:
-        """The request's JSON part and the binary tensor bytes after it.
-
-        Clients decide the form by ``Inference-Header-Content-Length``, not by
-        Content-Type: Triton's client sends none at all, others send
-        ``application/octet-stream`` for the binary form.
-        """
-        body = request.get_data(cache=False)
-        length = request.headers.get(protocol.BINARY_HEADER)
-        if length is not None:
-            return protocol.split_binary(body, length)
-        mimetype = request.mimetype
-        if mimetype == "application/octet-stream":
-            raise ApiError(400, f"a binary request needs the {protocol.BINARY_HEADER} header "
-                                "(the length of its JSON part)")
-        if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-            raise ApiError(415, f"send application/json, or the binary tensor form with "
-                                f"{protocol.BINARY_HEADER}; got {request.content_type!r}")
-        return body, b""
 
     # ------------------------------------------------------------------ v1
 
@@ -419,5 +396,6 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
                                ) from error
         return protocol.images_from(np.stack(pictures), max_batch=settings.max_batch)
 
+    # The inference route, the hot path, is answered before Flask (serving.infer).
+    app.wsgi_app = InferRoute(app.wsgi_app, server)  # type: ignore[method-assign]
     return app
-

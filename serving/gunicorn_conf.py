@@ -56,7 +56,8 @@ workers = _settings.workers
 worker_class = ("serving.workers.SheddingSyncWorker" if _settings.worker_class == "sync"
                 else _settings.worker_class)
 threads = _settings.threads if worker_class == "gthread" else 1
-#: gthread only: clients may hold connections between requests.
+#: Seconds a connection stays open between requests (sync: one per worker, only
+#: while no other connection waits; see serving.workers).
 keepalive = 5
 #: A worker stuck this long is restarted; a forward pass takes milliseconds.
 timeout = 60

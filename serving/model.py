@@ -204,6 +204,12 @@ class DigitsModel:
                                 "or non-finite values")
         if not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3):
             raise ModelRejected(f"{version}: test probabilities do not sum to 1")
+        # A single image may take another code path (XGBoost's goes through
+        # Treelite); it must give the same answer, and is warmed up here.
+        single = np.concatenate([model.predict_proba(probe[i:i + 1]) for i in range(len(probe))])
+        if not np.allclose(single, proba, atol=1e-5):
+            raise ModelRejected(f"{version}: single-image predictions differ from batch ones "
+                                f"(max |diff| {np.abs(single - proba).max():.2e})")
 
     def _swap(self, loaded: LoadedModel) -> None:
         previous = self._current

@@ -67,6 +67,20 @@ def test_predictions_do_not_depend_on_batch_split(trained, tiny_dataset):
     np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
 
 
+def test_early_stopped_xgboost_answers_single_images_with_the_kept_trees(tiny_dataset):
+    # Single rows go through Treelite, batches through XGBoost: both must use only
+    # the trees up to the best round, not every tree in the file.
+    model, _ = train("xgboost", tiny_dataset, n_estimators=80, max_depth=3,
+                     learning_rate=0.9, early_stopping_rounds=2)
+    kept = model._iterations[1]
+    assert 0 < kept < model._booster.num_boosted_rounds(), "early stopping did not trigger"
+    x = tiny_dataset.x_holdout[:8]
+    one_by_one = np.concatenate([model.predict_proba(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(one_by_one, model.predict_proba(x), atol=1e-5)
+    every_tree = model._booster.inplace_predict(model.features(x[:1]), validate_features=False)
+    assert np.abs(every_tree - one_by_one[:1]).max() > 1e-4
+
+
 def test_unknown_kind_and_parameters_are_rejected():
     with pytest.raises(ValueError, match="unknown model kind"):
         create_model("svm")

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from serving import infer
 from tests.serving.helpers import jpeg_bytes, png_bytes, v2_body
 
 ATOL = 1e-6  # probabilities are sent with 7 decimals
@@ -171,12 +172,12 @@ def test_openapi_documents_every_route(served):
     assert spec["openapi"].startswith("3.")
     documented = {f"{method.upper()} {path}" for path, item in spec["paths"].items()
                   for method in item if method in ("get", "post", "put", "delete")}
-    routes = set()
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        routes |= {f"{m} {path}" for m in rule.methods - {"HEAD", "OPTIONS"}}
+    # Flask's routes, plus the inference route answered in front of it.
+    rules = [(rule.rule, rule.methods - {"HEAD", "OPTIONS"}) for rule in app.url_map.iter_rules()
+             if rule.endpoint != "static"]
+    rules += [(route, {infer.ALLOWED}) for route in infer.ROUTES]
+    routes = {method + " " + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+              for rule, methods in rules for method in methods}
     assert routes == documented
     refs = set(re.findall(r'"#/components/(?:schemas|responses)/(\w+)"', json.dumps(spec)))
     defined = set(spec["components"]["schemas"]) | set(spec["components"]["responses"])

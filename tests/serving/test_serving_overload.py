@@ -1,10 +1,13 @@
-"""Overload: past the queue limit, the real server answers a fast 503, never an error."""
+"""The sync worker under a real gunicorn: a flood gets fast 503s (never an error), a light
+client keeps its connection."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -60,5 +63,50 @@ def test_a_flood_gets_fast_503s_with_retry_after_and_every_request_an_answer(
                 assert headers["Retry-After"] == "1"
                 assert "overloaded" in json.loads(payload)["error"]
         assert shed_count(port) - shed_before == statuses.count(503)
+    finally:
+        stop_serve(process)
+
+
+def test_a_light_client_keeps_its_connection_and_never_blocks_another(
+        s3_server, make_registry, trained, tiny_dataset, tmp_path):
+    """Sync workers keep one idle connection open, and still answer new ones at once."""
+    registry = make_registry()
+    version = promote(registry, trained["xgboost"])
+    port = free_port()
+    env = clean_env(DIGITS_S3_ENDPOINT=s3_server.endpoint,
+                    DIGITS_S3_ACCESS_KEY=s3_server.access_key,
+                    DIGITS_S3_SECRET_KEY=s3_server.secret_key, DIGITS_BUCKET=registry.bucket,
+                    DIGITS_ACCESS_LOG="false")
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    body = json.dumps(v2_body(tiny_dataset.x_holdout[:1])).encode()
+    headers = {"Content-Type": "application/json"}
+    try:
+        wait_for(lambda: model_info(port) and set(model_info(port).values()) == {version},
+                 60, "the worker to load the model")
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        sockets = set()
+        for _ in range(20):
+            kept.request("POST", "/v2/models/digits/infer", body=body, headers=headers)
+            response = kept.getresponse()
+            assert response.status == 200 and response.read()
+            assert response.getheader("Connection") != "close"
+            sockets.add(kept.sock)
+        assert len(sockets) == 1, "the connection was not kept between requests"
+
+        # The one worker holds that idle connection; a second client is answered at
+        # once (not after the keep-alive time) and, one kept connection being the
+        # limit, told the connection closes.
+        started = time.monotonic()
+        status, _, answer_headers = request(port, "POST", "/v2/models/digits/infer", body)
+        assert status == 200 and time.monotonic() - started < 2
+        assert answer_headers.get("Connection") == "close"
+        kept.request("POST", "/v2/models/digits/infer", body=body, headers=headers)
+        response = kept.getresponse()
+        assert response.status == 200 and response.read() and kept.sock in sockets
+        kept.close()
     finally:
         stop_serve(process)
