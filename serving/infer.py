@@ -21,6 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,20 @@ ROUTE = "/v2/models/<name>/infer"
 VERSIONED_ROUTE = "/v2/models/<name>/versions/<version>/infer"
 ROUTES = (ROUTE, VERSIONED_ROUTE)
 ALLOWED = "POST"
+#: What ``Allow`` lists (RFC 9110 §10.2.1), on a 405 and in answer to OPTIONS.
+ALLOW_HEADER = "OPTIONS, POST"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass
+class Outcome:
+    """What a request came to: its status and body, and for the access line, who answered."""
+
+    status: int = 200
+    body: bytes = b""
+    version: str | None = None
+    batch: int | None = None
 
 
 def _status_line(status: int) -> str:
@@ -61,50 +74,55 @@ class InferRoute:
         if match is None:
             return self.app(environ, start_response)
         started = time.perf_counter()
-        server = self.server
-        server.model.start()
-        name, version = match["name"], match["version"]
+        self.server.model.start()
+        method, version = environ["REQUEST_METHOD"], match["version"]
         headers: list[tuple[str, str]] = []
-        served = batch = None
+        outcome = Outcome()
         try:
-            if environ["REQUEST_METHOD"] != ALLOWED:
-                headers.append(("Allow", ALLOWED))  # RFC 9110 §15.5.6
-                raise ApiError(405, f"method {environ['REQUEST_METHOD']} not allowed on "
-                                    f"{environ['PATH_INFO']}")
-            loaded = server.resolve(name, version)
-            header, binary = self._body(environ)
-            parsed = protocol.v2_request(protocol.loads(header, array_key="data"),
-                                         max_batch=server.settings.max_batch, binary=binary)
-            batch = len(parsed.images)
-            prediction = server.predict(parsed.images, loaded)
-            served = prediction.version
-            answer, raw = protocol.v2_response(
-                model_name=name, version=served, probabilities=prediction.probabilities,
-                outputs=parsed.outputs, request_id=parsed.request_id)
-            status, body = 200, protocol.dumps(answer)
-            if raw:
-                headers += [("Content-Type", "application/octet-stream"),
-                            (protocol.BINARY_HEADER, str(len(body)))]
-                body += raw
+            if method == ALLOWED:
+                self._infer(environ, match["name"], version, headers, outcome)
             else:
-                headers.append(("Content-Type", "application/json"))
+                headers.append(("Allow", ALLOW_HEADER))
+                if method != "OPTIONS":  # RFC 9110 §15.5.6
+                    raise ApiError(405, f"method {method} not allowed on {environ['PATH_INFO']}")
         except ApiError as error:
-            status, body = error.status, _error_body(error.message, headers)
+            outcome.status, outcome.body = error.status, _error_body(error.message, headers)
         except ModelNotReady as error:
-            status, body = 503, _error_body(str(error), headers)
+            outcome.status, outcome.body = 503, _error_body(str(error), headers)
         except Exception:
-            log.exception("unhandled error on %s %s", environ["REQUEST_METHOD"],
-                          environ["PATH_INFO"])
-            status, body = 500, _error_body("internal server error", headers)
-        headers.append(("Content-Length", str(len(body))))
-        headers += server.account(
-            route=VERSIONED_ROUTE if version is not None else ROUTE,
-            method=environ["REQUEST_METHOD"], path=environ["PATH_INFO"], status=status,
-            started=started, version=served, batch=batch,
-            remote=environ.get("REMOTE_ADDR"), bytes_in=_content_length(environ),
-            request_id=environ.get("HTTP_X_REQUEST_ID"))
-        start_response(_status_line(status), headers)
-        return [body]
+            log.exception("unhandled error on %s %s", method, environ["PATH_INFO"])
+            outcome.status, outcome.body = 500, _error_body("internal server error", headers)
+        headers.append(("Content-Length", str(len(outcome.body))))
+        headers += self.server.account(
+            route=VERSIONED_ROUTE if version is not None else ROUTE, method=method,
+            path=environ["PATH_INFO"], status=outcome.status, started=started,
+            version=outcome.version, batch=outcome.batch, remote=environ.get("REMOTE_ADDR"),
+            bytes_in=_content_length(environ), request_id=environ.get("HTTP_X_REQUEST_ID"))
+        start_response(_status_line(outcome.status), headers)
+        return [outcome.body]
+
+    def _infer(self, environ: dict[str, Any], name: str, version: str | None,
+               headers: list[tuple[str, str]], outcome: Outcome) -> None:
+        """Parse, predict, answer in JSON or in the binary form the client asked for."""
+        server = self.server
+        loaded = server.resolve(name, version)
+        header, binary = self._body(environ)
+        parsed = protocol.v2_request(protocol.loads(header, array_key="data"),
+                                     max_batch=server.settings.max_batch, binary=binary)
+        outcome.batch = len(parsed.images)
+        prediction = server.predict(parsed.images, loaded)
+        outcome.version = prediction.version
+        answer, raw = protocol.v2_response(
+            model_name=name, version=prediction.version,
+            probabilities=prediction.probabilities, outputs=parsed.outputs,
+            request_id=parsed.request_id)
+        outcome.body = protocol.dumps(answer)
+        if raw:
+            headers += [("Content-Type", "application/octet-stream"),
+                        (protocol.BINARY_HEADER, str(len(outcome.body)))]
+            outcome.body += raw
+        else:
+            headers.append(("Content-Type", "application/json"))
 
     def _body(self, environ: dict[str, Any]) -> tuple[bytes, bytes]:
         """The request's JSON part and the binary tensor bytes after it.

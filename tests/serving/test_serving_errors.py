@@ -233,6 +233,8 @@ def test_a_405_names_the_allowed_methods(served):
     assert "GET" not in response.headers["Allow"].split(", ")
     response = client.delete("/v2/health/live")
     assert response.status_code == 405 and "GET" in response.headers["Allow"]
+    response = client.options(INFER)
+    assert response.status_code == 200 and "POST" in response.headers["Allow"]
 
 
 # --------------------------------------------------------------------------- the OpenAPI schema

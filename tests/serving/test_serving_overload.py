@@ -3,11 +3,13 @@ client keeps its connection."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,23 +32,32 @@ def shed_count(port: int) -> float:
                if line.startswith("digits_http_shed_total "))
 
 
-def test_a_flood_gets_fast_503s_with_retry_after_and_every_request_an_answer(
-        s3_server, make_registry, trained, tiny_dataset, tmp_path):
-    registry = make_registry()
-    version = promote(registry, trained["xgboost"])
+@contextlib.contextmanager
+def one_worker(s3_server, registry, model_dir, log_path, **env: str) -> Iterator[int]:
+    """``digits serve --workers 1`` on a freshly promoted model; yields its port once loaded."""
+    version = promote(registry, model_dir)
     port = free_port()
-    env = clean_env(DIGITS_S3_ENDPOINT=s3_server.endpoint,
-                    DIGITS_S3_ACCESS_KEY=s3_server.access_key,
-                    DIGITS_S3_SECRET_KEY=s3_server.secret_key, DIGITS_BUCKET=registry.bucket,
-                    DIGITS_ACCESS_LOG="false", DIGITS_MAX_WAIT_MS="20")
-    with (tmp_path / "serve.log").open("wb") as log:
+    environ = clean_env(DIGITS_S3_ENDPOINT=s3_server.endpoint,
+                        DIGITS_S3_ACCESS_KEY=s3_server.access_key,
+                        DIGITS_S3_SECRET_KEY=s3_server.secret_key,
+                        DIGITS_BUCKET=registry.bucket, DIGITS_ACCESS_LOG="false", **env)
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+             "--workers", "1"], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
         wait_for(lambda: model_info(port) and set(model_info(port).values()) == {version},
                  60, "the worker to load the model")
+        yield port
+    finally:
+        stop_serve(process)
+
+
+def test_a_flood_gets_fast_503s_with_retry_after_and_every_request_an_answer(
+        s3_server, make_registry, trained, tiny_dataset, tmp_path):
+    with one_worker(s3_server, make_registry(), trained["xgboost"], tmp_path / "serve.log",
+                    DIGITS_MAX_WAIT_MS="20") as port:
         body = json.dumps(v2_body(np.repeat(tiny_dataset.x_holdout, 8, axis=0)[:2048])).encode()
         shed_before = shed_count(port)  # the readiness polls may have waited too
 
@@ -63,30 +74,15 @@ def test_a_flood_gets_fast_503s_with_retry_after_and_every_request_an_answer(
                 assert headers["Retry-After"] == "1"
                 assert "overloaded" in json.loads(payload)["error"]
         assert shed_count(port) - shed_before == statuses.count(503)
-    finally:
-        stop_serve(process)
 
 
 def test_a_light_client_keeps_its_connection_and_never_blocks_another(
         s3_server, make_registry, trained, tiny_dataset, tmp_path):
     """Sync workers keep one idle connection open, and still answer new ones at once."""
-    registry = make_registry()
-    version = promote(registry, trained["xgboost"])
-    port = free_port()
-    env = clean_env(DIGITS_S3_ENDPOINT=s3_server.endpoint,
-                    DIGITS_S3_ACCESS_KEY=s3_server.access_key,
-                    DIGITS_S3_SECRET_KEY=s3_server.secret_key, DIGITS_BUCKET=registry.bucket,
-                    DIGITS_ACCESS_LOG="false")
-    with (tmp_path / "serve.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
     body = json.dumps(v2_body(tiny_dataset.x_holdout[:1])).encode()
     headers = {"Content-Type": "application/json"}
-    try:
-        wait_for(lambda: model_info(port) and set(model_info(port).values()) == {version},
-                 60, "the worker to load the model")
+    with one_worker(s3_server, make_registry(), trained["xgboost"],
+                    tmp_path / "serve.log") as port:
         kept = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         sockets = set()
         for _ in range(20):
@@ -108,5 +104,3 @@ def test_a_light_client_keeps_its_connection_and_never_blocks_another(
         response = kept.getresponse()
         assert response.status == 200 and response.read() and kept.sock in sockets
         kept.close()
-    finally:
-        stop_serve(process)
