@@ -32,6 +32,10 @@ class S3ServerError(RuntimeError):
     """The embedded store would not start; the message carries its log tail."""
 
 
+class S3ServerExited(S3ServerError):
+    """weed stopped before it answered (a port taken meanwhile, a bad data directory)."""
+
+
 #: Volumes the embedded store may hold (one or more per bucket; they grow as written).
 MAX_VOLUMES = 1000
 
@@ -44,25 +48,44 @@ def weed_binary() -> str:
     return found
 
 
+#: weed listens for each service's gRPC on its HTTP port plus this.
+GRPC_OFFSET = 10000
+#: Tries to start weed on fresh ports when another process took one in between.
+START_ATTEMPTS = 3
+
+
+def _port_is_free(port: int) -> bool:
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _free_port_pair() -> int:
-    """A port P with P+10000 also free: weed puts each service's gRPC there."""
-    for _ in range(200):
+def ports_clash(ports: list[int]) -> bool:
+    """Whether any of ``ports`` or their gRPC ports coincide (weed refuses to start)."""
+    taken = [*ports, *(port + GRPC_OFFSET for port in ports)]
+    return len(set(taken)) < len(taken)
+
+
+def service_ports(count: int) -> list[int]:
+    """``count`` free ports whose gRPC ports are free too and clash with none of them."""
+    ports: list[int] = []
+    for _ in range(200 * count):
         port = _free_port()
-        if port + 10000 > 65535:
-            continue
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
-    raise S3ServerError("no free port pair for weed")
+        if (port + GRPC_OFFSET <= 65535 and not ports_clash([*ports, port])
+                and _port_is_free(port + GRPC_OFFSET)):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise S3ServerError(f"no {count} free port pairs for weed")
 
 
 def _credentials(data_dir: Path) -> dict[str, str]:
@@ -87,10 +110,11 @@ class LocalS3:
         self.access_key, self.secret_key = creds["access_key"], creds["secret_key"]
 
     def start(self) -> LocalS3:
-        ports = [_free_port_pair() for _ in range(4)]
-        while len(set(ports)) < 4:
-            ports = [_free_port_pair() for _ in range(4)]
-        master, volume, filer, s3 = ports
+        """Start weed and wait until S3 answers.
+
+        Ports are picked free, but another process may bind one before weed
+        does; weed then exits at once, and it is started again on new ports.
+        """
         config = self.data_dir / "s3.json"
         config.write_text(json.dumps({"identities": [{
             "name": "digits",
@@ -100,6 +124,17 @@ class LocalS3:
         store = self.data_dir / "data"
         store.mkdir(exist_ok=True)
         self.log_path = self.data_dir / "weed.log"
+        for _ in range(START_ATTEMPTS - 1):
+            self._launch(store, config)
+            with contextlib.suppress(S3ServerExited):
+                self._wait_ready()
+                return self
+        self._launch(store, config)
+        self._wait_ready()
+        return self
+
+    def _launch(self, store: Path, config: Path) -> None:
+        master, volume, filer, s3 = service_ports(4)
         command = [
             weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
@@ -114,14 +149,13 @@ class LocalS3:
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.endpoint = f"127.0.0.1:{s3}"
-        self._wait_ready()
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise S3ServerError(f"weed exited with {self.process.returncode}: {self._tail()}")
+                raise S3ServerExited(
+                    f"weed exited with {self.process.returncode}: {self._tail()}")
             try:
                 # Any HTTP answer (even 403 for an unsigned request) means S3 is up.
                 urllib.request.urlopen(f"http://{self.endpoint}/", timeout=1)
