@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from components.contract import GateDecision
+from components.contract import PROMOTE, GateDecision
 from components.settings import Settings
 from pipelines.progress import SKIPPED, WAITING, LiveView, PlainView, TaskLogRouter
 from pipelines.training import MODEL_FAMILIES, build_pipeline
@@ -256,7 +256,10 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
                 if version is None:
                     raise RunFailed("deploy", "the run registered no version", None, False)
                 pointer, submissions = registry.production(), registry.submissions()
-                dataset = registry.metadata(version)["dataset"]
+                # The deploy stage's verdict, not the gate's: a promotion a racing run
+                # beat to the pointer is archived as rejected (components.deploy).
+                metadata = registry.metadata(version)
+                dataset, promoted = metadata["dataset"], metadata["gate"]["decision"] == PROMOTE
             for stage in router.stages.values():
                 if stage.state == WAITING:
                     view.changed(stage, SKIPPED)
@@ -270,7 +273,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     shutil.copyfile(task.outputs["report"].path, report)
     feedback = dataset.get("feedback")
     submitted = next((record for record in submissions if record.get("version") == version
-                      and decision.promoted), None)
+                      and promoted), None)
     models = {
         name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS}}
         for name, row in decision.candidates.items()
@@ -290,6 +293,7 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
         },
         "train_digits": dataset["sizes"]["train"],
         "version": version,
+        "promoted": promoted,
         "production": pointer.version if pointer else None,
         "kaggle": {k: submitted.get(k) for k in KAGGLE_SUMMARY} if submitted else None,
         "feedback": {"used": feedback["used"], "received": feedback["received"],

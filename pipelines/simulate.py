@@ -10,16 +10,28 @@ does, the simulation ends with exit code 3 and says so.
 A simulation is resumable: its state is written after every step, so running
 the same command again continues where it stopped (Ctrl-C, a killed process).
 A changed schedule is refused unless ``--fresh``.
+
+Steps run ``--jobs`` at a time (default: one per core, at most one per seed),
+each in its own process pinned to its own cores, so the seeds of a size train
+side by side and every step's timings are measured on the same share of the
+machine. Steps start in the schedule's order; each is saved as it finishes,
+with production as the registry holds it at that moment, so the saved order is
+the order production was observed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import multiprocessing
+import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +55,7 @@ QUICK_ARGUMENTS: dict[str, Any] = {"xgb_rounds": 15, "baseline_max_iter": 60,
                                    "holdout_size": 2_000, "epochs": 2}
 
 STATE_FILE = "simulation.json"
+LOGS_DIR = "logs"
 RESULTS_CSV = "results.csv"
 REPORT_HTML = "report.html"
 CURVES_PNG = "learning_curves.png"
@@ -50,7 +63,7 @@ HOME_DIR = "home"
 #: One row per model, size and seed; the production columns describe the step's end.
 COLUMNS = ("step", "train_size", "seed", "train_digits", "model", "holdout_accuracy", "mcc",
            "train_seconds", "inference_ms_per_1000", "challenger", "promoted",
-           "production_version", "production_accuracy", "run_id")
+           "production_version", "production_accuracy", "cores", "run_id")
 #: Exit code when production got worse at some step (the system's central promise).
 REGRESSION_EXIT = 3
 
@@ -124,16 +137,21 @@ def run_local_step(arguments: dict[str, Any], models: Sequence[str], home: Path)
     return run_pipeline(arguments, models, settings=local_settings(home))
 
 
-def step_record(index: int, size: int, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
-    """What a step keeps of its run: the gate's verdict, production after it, each model."""
+def step_record(index: int, size: int, seed: int, summary: dict[str, Any],
+                production: tuple[str | None, float | None], cores: int) -> dict[str, Any]:
+    """What a step keeps of its run: the verdict, production when it was saved, each model.
+
+    ``promoted`` is the deploy stage's outcome: the gate may say promote and a
+    run finishing alongside may still have moved production first.
+    """
     gate = summary["gate"]
-    promoted = gate["decision"] == "promote"
-    production = gate["challenger_accuracy"] if promoted else gate["champion_accuracy"]
+    version, accuracy = production
     return {
         "step": index, "train_size": size, "seed": seed, "run_id": summary["run_id"],
         "train_digits": summary["train_digits"], "decision": gate["decision"],
-        "challenger": gate["challenger"], "production_version": summary["production"],
-        "production_accuracy": production, "wall_seconds": summary["wall_seconds"],
+        "promoted": summary["promoted"], "challenger": gate["challenger"],
+        "production_version": version, "production_accuracy": accuracy,
+        "wall_seconds": summary["wall_seconds"], "cores": cores,
         "models": {
             kind: {
                 "holdout_accuracy": row["holdout_accuracy"],
@@ -146,6 +164,39 @@ def step_record(index: int, size: int, seed: int, summary: dict[str, Any]) -> di
     }
 
 
+def read_production() -> tuple[str | None, float | None]:
+    """The production version and its holdout accuracy, as the configured registry holds them."""
+    from components.registry import Registry
+    from components.settings import get_settings
+
+    registry = Registry.from_settings(get_settings())
+    pointer = registry.production()
+    if pointer is None:
+        return None, None
+    return pointer.version, registry.metadata(pointer.version)["metrics"]["accuracy"]
+
+
+def core_sets(jobs: int) -> list[set[int]]:
+    """This process's cores dealt into ``jobs`` disjoint sets, one per concurrent step."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= jobs <= len(cores):
+        raise ValueError(f"--jobs must be between 1 and the {len(cores)} cores available")
+    return [set(cores[i::jobs]) for i in range(jobs)]
+
+
+def default_jobs(seeds: int) -> int:
+    """One step per core, but no more at once than a size has seeds."""
+    return max(1, min(len(os.sched_getaffinity(0)), seeds))
+
+
+def _run_pinned(run_step: RunStep, cores: set[int], log: Path, arguments: dict[str, Any],
+                models: Sequence[str], home: Path) -> dict[str, Any]:
+    """A step in a worker process: on its own cores (its tasks inherit them), output to ``log``."""
+    os.sched_setaffinity(0, cores)
+    with log.open("w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        return run_step(arguments, models, home)
+
+
 def result_rows(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The CSV's rows: one per model and step."""
     rows = []
@@ -156,10 +207,11 @@ def result_rows(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seed": step["seed"], "train_digits": step["train_digits"], "model": kind,
                 **figures,
                 "challenger": kind == step["challenger"],
-                "promoted": kind == step["challenger"] and step["decision"] == "promote",
+                "promoted": kind == step["challenger"] and step["promoted"],
                 "production_version": step["production_version"] or "",
                 "production_accuracy": "" if step["production_accuracy"] is None
                 else step["production_accuracy"],
+                "cores": step["cores"],
                 "run_id": step["run_id"],
             })
     return rows
@@ -184,6 +236,10 @@ class Simulation:
                 (self.output / name).unlink(missing_ok=True)
             shutil.rmtree(self.output / HOME_DIR, ignore_errors=True)
         self.steps: list[dict[str, Any]] = []
+        #: Wall time the simulation has run so far, over every attempt (steps overlap).
+        self.elapsed_seconds = 0.0
+        self.jobs = 1
+        self._started = time.monotonic()
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
             if state["schedule"] != schedule.to_json():
@@ -192,14 +248,20 @@ class Simulation:
                     f"({_difference(state['schedule'], schedule.to_json())}); run it with "
                     "the same arguments to resume, or add --fresh to start over")
             self.steps = state["steps"]
+            self.elapsed_seconds = state["elapsed_seconds"]
 
     @property
-    def remaining(self) -> list[tuple[int, int]]:
-        return self.schedule.steps()[len(self.steps):]
+    def remaining(self) -> list[tuple[int, int, int]]:
+        """``(step, train_size, seed)`` of the steps not saved yet, in the schedule's order."""
+        done = {record["step"] for record in self.steps}
+        return [(index, size, seed)
+                for index, (size, seed) in enumerate(self.schedule.steps(), start=1)
+                if index not in done]
 
     def run(self, run_step: RunStep = run_local_step,
-            say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
-        """Run the steps not yet done; each is saved before the next starts.
+            say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+            jobs: int = 1) -> None:
+        """Run the steps not yet done, ``jobs`` at a time; each is saved as it finishes.
 
         One embedded S3 store serves every step (each run joins it), so a process
         killed mid-step leaves a store the next attempt joins rather than a second
@@ -207,29 +269,88 @@ class Simulation:
         """
         from components.s3local import s3_environment
 
+        cores = core_sets(jobs)
+        self.jobs, self._started = jobs, time.monotonic()
         self.output.mkdir(parents=True, exist_ok=True)
         total = len(self.schedule.steps())
         if self.steps:
-            say(f"simulate: resuming after step {len(self.steps)} of {total}")
+            say(f"simulate: resuming with {len(self.steps)} of {total} steps done")
         if self.remaining:
             with s3_environment(local_settings(self.output / HOME_DIR)):
-                self._run_steps(run_step, say, total)
+                if jobs == 1:
+                    self._run_in_turn(run_step, say, total, len(cores[0]))
+                else:
+                    self._run_side_by_side(run_step, say, total, cores)
 
-    def _run_steps(self, run_step: RunStep, say: Callable[[str], None], total: int) -> None:
-        for size, seed in self.remaining:
-            index = len(self.steps) + 1
-            arguments = {**self.schedule.arguments, "train_size": size, "seed": seed}
-            summary = run_step(arguments, self.schedule.models, self.output / HOME_DIR)
-            record = step_record(index, size, seed, summary)
-            self.steps.append(record)
-            self._save()
-            say(f"simulate: step {index}/{total} size {size or ALL} seed {seed}: "
-                f"{record['decision']} {record['challenger']}; production "
-                f"{record['production_version'] or 'none'} "
-                f"({_percent(record['production_accuracy'])})")
+    def _run_in_turn(self, run_step: RunStep, say: Callable[[str], None], total: int,
+                     cores: int) -> None:
+        for index, size, seed in self.remaining:
+            summary = run_step(self._arguments(size, seed), self.schedule.models,
+                               self.output / HOME_DIR)
+            self._record(index, size, seed, summary, cores, say, total)
+
+    def _run_side_by_side(self, run_step: RunStep, say: Callable[[str], None], total: int,
+                          cores: list[set[int]]) -> None:
+        """Keep ``len(cores)`` steps running, each in a fresh process on its own cores.
+
+        A failed step stops new ones from starting; those already running finish
+        and are saved before the failure is raised.
+        """
+        logs = self.output / LOGS_DIR
+        logs.mkdir(exist_ok=True)
+        waiting, free = list(self.remaining), list(range(len(cores)))
+        running: dict[Future, tuple[int, int, int, int]] = {}
+        failure: BaseException | None = None
+        context = multiprocessing.get_context("spawn")  # no inherited TensorFlow or locks
+        with ProcessPoolExecutor(len(cores), mp_context=context,
+                                 max_tasks_per_child=1) as pool:
+            while running or (waiting and failure is None):
+                while waiting and free and failure is None:
+                    slot = free.pop(0)
+                    index, size, seed = waiting.pop(0)
+                    log = logs / f"step-{index}.log"
+                    future = pool.submit(_run_pinned, run_step, cores[slot], log,
+                                         self._arguments(size, seed), self.schedule.models,
+                                         self.output / HOME_DIR)
+                    running[future] = (index, size, seed, slot)
+                    say(f"simulate: step {index}/{total} size {size or ALL} seed {seed}: "
+                        f"started on core {','.join(map(str, sorted(cores[slot])))} ({log})")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index, size, seed, slot = running.pop(future)
+                    free.append(slot)
+                    try:
+                        summary = future.result()
+                    except Exception as error:  # raised once the steps still running end
+                        failure = failure or error
+                        say(f"simulate: step {index}/{total} failed: {error} (log: "
+                            f"{logs / f'step-{index}.log'})")
+                        continue
+                    self._record(index, size, seed, summary, len(cores[slot]), say, total)
+        if failure is not None:
+            raise failure
+
+    def _arguments(self, size: int, seed: int) -> dict[str, Any]:
+        return {**self.schedule.arguments, "train_size": size, "seed": seed}
+
+    def _record(self, index: int, size: int, seed: int, summary: dict[str, Any], cores: int,
+                say: Callable[[str], None], total: int) -> None:
+        """Save a finished step with production as the registry holds it now."""
+        record = step_record(index, size, seed, summary, read_production(), cores)
+        self.steps.append(record)
+        self._save()
+        verdict = "promoted" if record["promoted"] else "not promoted"
+        say(f"simulate: step {index}/{total} size {size or ALL} seed {seed}: "
+            f"{record['challenger']} {verdict}; production "
+            f"{record['production_version'] or 'none'} "
+            f"({_percent(record['production_accuracy'])})")
 
     def _save(self) -> None:
-        state = {"schedule": self.schedule.to_json(), "steps": self.steps}
+        now = time.monotonic()
+        self.elapsed_seconds += now - self._started
+        self._started = now
+        state = {"schedule": self.schedule.to_json(), "jobs": self.jobs,
+                 "elapsed_seconds": round(self.elapsed_seconds, 1), "steps": self.steps}
         write_atomically(self.state_path, json.dumps(state, indent=1))
         write_csv(self.output / RESULTS_CSV, result_rows(self.steps))
 
@@ -276,6 +397,9 @@ def build_parser():
                    help=f"runs per size, each with the next seed (default {DEFAULT_SEEDS})")
     p.add_argument("--models", type=_models, help=f"default {','.join(MODEL_FAMILIES)}")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--jobs", type=positive_int,
+                   help="steps run at once, each on its own cores (default: one per core, "
+                        "at most --seeds)")
     p.add_argument("--quick", action="store_true",
                    help=f"sizes {','.join(map(str, QUICK_SIZES))}, {QUICK_SEEDS} seeds, "
                         f"{','.join(QUICK_MODELS)}, short training")
@@ -324,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         schedule = schedule_from(args)
+        jobs = args.jobs or default_jobs(schedule.seeds)
+        core_sets(jobs)
     except ValueError as error:
         p.error(str(error))
     if args.host:
@@ -340,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"digits simulate: {error}", file=sys.stderr)
         return 2
     try:
-        simulation.run()
+        simulation.run(jobs=jobs)
     except KeyboardInterrupt:
         print(f"\ndigits simulate: interrupted after step {len(simulation.steps)}; run the "
               "same command again to continue", file=sys.stderr)

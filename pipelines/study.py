@@ -32,7 +32,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         for key in _FLOATS:
             row[key] = float(row[key])
-        for key in ("step", "seed", "train_digits"):
+        for key in ("step", "seed", "train_digits", "cores"):
             row[key] = int(row[key])
         row["promoted"] = row["promoted"] == "True"
         row["challenger"] = row["challenger"] == "True"
@@ -104,7 +104,11 @@ def scaling_exponent(cells_of_model: Sequence[Cell]) -> float | None:
 
 
 def production_steps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per step: size, seed, the production version and accuracy after it, who got promoted."""
+    """Per step: size, seed, the production version and accuracy after it, who got promoted.
+
+    In the order the steps were saved (the CSV's), which is the order production
+    was read in: steps running side by side may finish out of schedule order.
+    """
     steps: dict[int, dict[str, Any]] = {}
     for row in rows:
         step = steps.setdefault(row["step"], {
@@ -113,7 +117,7 @@ def production_steps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "accuracy": row["production_accuracy"], "promoted": None})
         if row["promoted"]:
             step["promoted"] = row["model"]
-    return [steps[k] for k in sorted(steps)]
+    return list(steps.values())
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -217,14 +221,15 @@ def _production_figure(rows):
     plt = _pyplot()
     steps = production_steps(rows)
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    known = [(s["step"], s["accuracy"]) for s in steps if s["accuracy"] is not None]
+    known = [(n, s["accuracy"]) for n, s in enumerate(steps, 1) if s["accuracy"] is not None]
     ax.step([k for k, _ in known], [a for _, a in known], where="post", color="#2ca02c")
     for model in models_in(rows):
-        hits = [(s["step"], s["accuracy"]) for s in steps if s["promoted"] == model]
+        hits = [(n, s["accuracy"]) for n, s in enumerate(steps, 1) if s["promoted"] == model]
         if hits:
             ax.scatter(*zip(*hits, strict=True), color=COLORS[model], zorder=3,
                        label=f"{LABELS[model]} promoted")
-    ax.set(xlabel="step (size × seed, in the order run)", ylabel="production holdout accuracy",
+    ax.set(xlabel="steps finished (sizes × seeds, smallest first)",
+           ylabel="production holdout accuracy",
            title="Production across the simulation (never falls)")
     ax.grid(alpha=0.3)
     ax.legend()

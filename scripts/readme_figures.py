@@ -93,7 +93,8 @@ def keep_study(simulation: Path, into: Path = STUDY, note: str = "") -> None:
     finished = datetime.fromtimestamp((simulation / "results.csv").stat().st_mtime, timezone.utc)
     record = {
         "schedule": state["schedule"], "steps": len(state["steps"]),
-        "wall_seconds": round(sum(step["wall_seconds"] for step in state["steps"])),
+        "wall_seconds": round(state["elapsed_seconds"]),
+        "jobs": state["jobs"], "cores_per_step": sorted({step["cores"] for step in state["steps"]}),
         "machine": f"{os.cpu_count()} cores ({_bench().cpu_model()})",
         "finished": finished.strftime("%Y-%m-%d"),
         "note": note,
@@ -116,7 +117,9 @@ def study_figures(directory: Path = STUDY) -> str:
         f"Made by `{command_line(schedule)}` (training sizes {sizes}; "
         f"{schedule['seeds']} seeds each; {', '.join(schedule['models'])}; pipeline arguments "
         f"{arguments}, every other at its default) on {record['machine']}: "
-        f"{record['steps']} pipeline runs in {record['wall_seconds'] / 60:.0f} min, finished "
+        f"{record['steps']} pipeline runs, {record['jobs']} at a time, each on "
+        f"{'/'.join(map(str, record['cores_per_step']))} core(s) (training and inference "
+        f"times are for that share), in {record['wall_seconds'] / 60:.0f} min, finished "
         f"{record['finished']}. Generated from [docs/study/results.csv](docs/study/results.csv) "
         "by `make study-readme`; nothing here is typed by hand. `make study` runs the default "
         "study and rewrites this section." + (f" {record['note']}" if record.get("note") else ""))
