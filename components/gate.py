@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from components.argparsing import key_value, make_parser
 from components.contract import (
     CHAMPION_DIR,
     EVALUATION_DIR,
+    EVALUATION_FILE,
     PROMOTE,
     REJECT,
     GateDecision,
@@ -133,8 +134,8 @@ def judge(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[str, 
     champion_eval = None
     if champion is not None:
         version, champion_dir = champion
-        champion_eval = evaluate_saved(champion_dir, dataset, name="champion",
-                                       extra={"version": version})
+        champion_eval = stored_answers(champion_dir, dataset, version) or evaluate_saved(
+            champion_dir, dataset, name="champion", extra={"version": version})
     result = decide(dataset.y_holdout, scored[kind].y_pred,
                     None if champion_eval is None else champion_eval.y_pred, policy)
     infos = {k: read_info(path) for k, path in candidates.items()}
@@ -157,6 +158,29 @@ def judge(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[str, 
     }
     log.info("gate: %s %s — %s", result["decision"], kind, result["reason"])
     return GateDecision(**result), champion_eval
+
+
+def stored_answers(champion_dir: Path, dataset: Dataset,
+                   version: str) -> ModelEvaluation | None:
+    """The champion's evaluation stored with its version, if it was made on this holdout.
+
+    The holdout is frozen, so the champion usually met these very digits when it
+    was a challenger; the same model gives the same answers, and reading them
+    back spares loading and running it (a CNN's holdout pass is most of a
+    gate's time). Anything else is scored afresh: another holdout (by its
+    sha256 and labels), or a run with users' feedback digits, on which the
+    report shows the champion too.
+    """
+    directory = Path(champion_dir) / EVALUATION_DIR
+    holdout_sha = dataset.manifest.get("holdout_sha256")
+    if not (directory / EVALUATION_FILE).is_file() or not holdout_sha or len(dataset.y_feedback):
+        return None
+    stored = ModelEvaluation.load(directory, images=dataset.x_holdout)
+    if (stored.info.get("holdout_sha256") != holdout_sha
+            or not np.array_equal(stored.y_true, dataset.y_holdout)):
+        return None
+    log.info("gate: champion %s answers read from its stored evaluation", version)
+    return replace(stored, name="champion", info={**stored.info, "version": version})
 
 
 def fetch_champion(registry, workdir: Path) -> tuple[str, Path] | None:

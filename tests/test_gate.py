@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from components.contract import EVALUATION_DIR, PROMOTE, REJECT, GateDecision
+from components.contract import EVALUATION_DIR, PROMOTE, REJECT, GateDecision, ModelEvaluation
 from components.gate import (
     GateError,
     GatePolicy,
@@ -155,6 +157,38 @@ def test_the_gate_scores_the_champion_on_this_runs_holdout(candidates, tiny_data
     assert result.challenger_kind == kind
     assert result.decision == REJECT
     assert {c["name"] for c in result.checks if not c["passed"]} == {"beats_champion", "mcnemar"}
+
+
+def _registered(model_dir, evaluation_dir, target, *, holdout_sha256=None, answer=None):
+    """A version as the registry hands it back: the model with its evaluation, maybe edited."""
+    shutil.copytree(model_dir, target)
+    stored = ModelEvaluation.load(evaluation_dir)
+    info = {**stored.info, "holdout_sha256": holdout_sha256 or stored.info["holdout_sha256"]}
+    proba = stored.proba if answer is None else np.eye(10, dtype=np.float32)[
+        np.full(len(stored.y_true), answer)]
+    replace(stored, proba=proba, metrics=None, info=info).save(target / EVALUATION_DIR)
+    return target
+
+
+def test_the_champion_answers_are_read_back_when_it_met_this_holdout(candidates, tiny_dataset,
+                                                                     tmp_path):
+    models, evaluations = candidates
+    kind = select_challenger(models)
+    # Stored answers that the model would never give: seeing them proves they were reused.
+    champion = _registered(models[kind], evaluations[kind], tmp_path / "v", answer=3)
+    result, scored = judge(tiny_dataset, models, evaluations, ("v-1", champion), POLICY)
+    assert (scored.y_pred == 3).all() and scored.info["version"] == "v-1"
+    assert result.champion["accuracy"] == pytest.approx(np.mean(tiny_dataset.y_holdout == 3))
+
+
+def test_the_champion_is_scored_afresh_on_another_holdout(candidates, tiny_dataset, tmp_path):
+    models, evaluations = candidates
+    kind = select_challenger(models)
+    champion = _registered(models[kind], evaluations[kind], tmp_path / "v",
+                           holdout_sha256="another holdout", answer=3)
+    _, scored = judge(tiny_dataset, models, evaluations, ("v-1", champion), POLICY)
+    fresh = evaluate(load_model(models[kind]), tiny_dataset)
+    np.testing.assert_allclose(scored.proba, fresh.proba, atol=1e-6)
 
 
 def test_the_gate_stage_lays_out_its_outputs(candidates, tiny_dataset, tmp_path):
