@@ -124,7 +124,9 @@ def judge(dataset: Dataset, candidates: dict[str, Path], evaluations: dict[str, 
           policy: GatePolicy) -> tuple[GateDecision, ModelEvaluation | None]:
     """Choose the challenger, score the champion on the same holdout, and decide.
 
-    Returns the decision and the champion's evaluation (for the report).
+    The champion's answers come from :func:`stored_answers` when it met this
+    holdout before, else from running it. Returns the decision and the
+    champion's evaluation (for the report).
     """
     kind = select_challenger(candidates)
     holdout_sha = dataset.manifest.get("holdout_sha256")
