@@ -232,7 +232,8 @@ def _production_figure(rows):
            ylabel="production holdout accuracy",
            title="Production across the simulation (never falls)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     return fig
 

@@ -121,13 +121,13 @@ def test_more_data_helps_and_production_never_falls(study):
         assert min(accuracies(model, "600")) > max(accuracies(model, "200")), model
     assert all(r["train_seconds"] > 0 and r["inference_ms_per_1000"] > 0 for r in rows)
     assert all(-1 <= r["mcc"] <= 1 for r in rows)
-    # The simulation lowers the floor: a challenger of the first size becomes production.
-    assert any(r["promoted"] for r in rows if r["train_size"] == "200")
-    # Production is always a model this simulation promoted, with its own holdout accuracy,
-    # and never fell in the order the steps were saved (the order it was read in).
-    promoted = {f"{r['run_id']}-{r['model']}": r["holdout_accuracy"] for r in rows
-                if r["promoted"]}
-    assert all(promoted[r["production_version"]] == r["production_accuracy"] for r in rows)
+    # The simulation lowers the floor, so there is production from the first saved step on:
+    # that step's model, or one a step alongside promoted first (perhaps in the killed attempt,
+    # whose step was then run again and judged against it).
+    assert all(r["production_accuracy"] is not None for r in rows)
+    # A promoted challenger is production when its step is saved, or a better model is;
+    # and production never fell in the order the steps were saved (the order it was read in).
+    assert all(r["production_accuracy"] >= r["holdout_accuracy"] for r in rows if r["promoted"])
     check_production(r["production_accuracy"] for r in rows[::MODELS])
 
 
