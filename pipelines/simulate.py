@@ -468,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         simulation.run(jobs=jobs)
     except KeyboardInterrupt:
-        print(f"\ndigits simulate: interrupted after step {len(simulation.steps)}; run the "
-              "same command again to continue", file=sys.stderr)
+        print(f"\ndigits simulate: interrupted with {len(simulation.steps)} of "
+              f"{len(schedule.steps())} steps saved; run the same command again to continue",
+              file=sys.stderr)
         return 130
     outputs = simulation.publish()
     try:
