@@ -293,13 +293,16 @@ class Simulation:
                           cores: list[set[int]]) -> None:
         """Keep ``len(cores)`` steps running, each in a fresh process on its own cores.
 
+        The last step is given every core: it shares one with the steps still
+        running beside it until they end, then has the machine to itself.
+
         A failed step stops new ones from starting; those already running finish
         and are saved before the failure is raised.
         """
         logs = self.output / LOGS_DIR
         logs.mkdir(exist_ok=True)
         waiting, free = list(self.remaining), list(range(len(cores)))
-        running: dict[Future, tuple[int, int, int, int]] = {}
+        running: dict[Future, tuple[int, int, int, int, int]] = {}
         failure: BaseException | None = None
         context = multiprocessing.get_context("spawn")  # no inherited TensorFlow or locks
         with ProcessPoolExecutor(len(cores), mp_context=context,
@@ -309,15 +312,18 @@ class Simulation:
                     slot = free.pop(0)
                     index, size, seed = waiting.pop(0)
                     log = logs / f"step-{index}.log"
-                    future = pool.submit(_run_pinned, run_step, cores[slot], log,
+                    # The last step would leave the other cores idle once the steps
+                    # beside it end (the largest size comes last), so it gets them all.
+                    mine = cores[slot] if waiting else set().union(*cores)
+                    future = pool.submit(_run_pinned, run_step, mine, log,
                                          self._arguments(size, seed), self.schedule.models,
                                          self.output / HOME_DIR)
-                    running[future] = (index, size, seed, slot)
+                    running[future] = (index, size, seed, slot, len(mine))
                     say(f"simulate: step {index}/{total} size {size or ALL} seed {seed}: "
-                        f"started on core {','.join(map(str, sorted(cores[slot])))} ({log})")
+                        f"started on core {','.join(map(str, sorted(mine)))} ({log})")
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    index, size, seed, slot = running.pop(future)
+                    index, size, seed, slot, ncores = running.pop(future)
                     free.append(slot)
                     try:
                         summary = future.result()
@@ -326,7 +332,7 @@ class Simulation:
                         say(f"simulate: step {index}/{total} failed: {error} (log: "
                             f"{logs / f'step-{index}.log'})")
                         continue
-                    self._record(index, size, seed, summary, len(cores[slot]), say, total)
+                    self._record(index, size, seed, summary, ncores, say, total)
         if failure is not None:
             raise failure
 

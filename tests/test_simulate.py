@@ -107,7 +107,12 @@ def test_a_killed_simulation_resumes_without_redoing_or_duplicating_steps(study)
     # (the two seeds of a size run side by side, one core each, and may finish either way).
     assert sorted((r["step"], r["train_size"], r["seed"]) for r in rows[::MODELS]) == [
         ("1", "200", "0"), ("2", "200", "1"), ("3", "600", "0"), ("4", "600", "1")]
-    assert {r["cores"] for r in rows} == {str(len(os.sched_getaffinity(0)) // 2)}
+    # Each step has a core of its own, but the last, which gets them all (nothing is
+    # left to start beside it once the others end).
+    cores = {r["step"]: r["cores"] for r in rows}
+    machine = len(os.sched_getaffinity(0))
+    assert cores == {"1": str(machine // 2), "2": str(machine // 2), "3": str(machine // 2),
+                     "4": str(machine)}
 
 
 @pytest.mark.slow
@@ -174,8 +179,8 @@ def test_production_falling_fails_the_simulation_loudly(study, mnist_dir, tmp_pa
     output = tmp_path / "copy"
     shutil.copytree(study["output"], output, ignore=shutil.ignore_patterns("home"))
     state = json.loads((output / STATE_FILE).read_text())
-    best = max(s["production_accuracy"] for s in state["steps"])
-    state["steps"][-1]["production_accuracy"] = best - 0.05
+    before = max(s["production_accuracy"] for s in state["steps"][:-1])
+    state["steps"][-1]["production_accuracy"] = before - 0.01  # below what came before
     (output / STATE_FILE).write_text(json.dumps(state))
     code, _, err = _simulate([*TINY, "--output", str(output)], mnist_dir)
     assert code == REGRESSION_EXIT
