@@ -156,3 +156,109 @@ def run(port: int, requests: list[bytes], *, concurrency: int, duration: float =
     """
     return asyncio.run(_run(port, requests, concurrency, duration, warmup, max_requests,
                             keep_bodies))
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+#: How the slow clients behave, in turn: trickle a request's headers, trickle its body,
+#: or connect and say nothing.
+SLOW_KINDS = ("headers", "body", "idle")
+
+
+@dataclass
+class Hostile:
+    """What a well-behaved client got while slow clients held connections."""
+
+    slow_clients: int
+    sent: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def answered(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def share(self) -> float:
+        return self.answered / self.sent if self.sent else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+
+async def _slow_client(port: int, kind: str, interval: float, stop: float) -> None:
+    """One client that holds a connection and sends a byte every ``interval`` seconds."""
+    loop = asyncio.get_running_loop()
+    head = f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: {LOCALHOST}\r\n".encode()
+    # What is sent at once, then what is trickled a byte at a time (nothing: idle).
+    prefix, trickle = {
+        "headers": (b"", head + b"X-Slow: " + b"a" * 4096),
+        "body": (head + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+                 b" " * 100000),
+        "idle": (b"", b""),
+    }[kind]
+    while time.monotonic() < stop:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (LOCALHOST, port))
+            if prefix:
+                await loop.sock_sendall(sock, prefix)
+            index = 0
+            while time.monotonic() < stop:
+                if index < len(trickle):
+                    await loop.sock_sendall(sock, trickle[index:index + 1])
+                    index += 1
+                await asyncio.sleep(interval)
+        except OSError:  # the server closed it (a timeout): come back, as an attacker would
+            await asyncio.sleep(0.1)
+        finally:
+            sock.close()
+
+
+async def _good_client(port: int, requests: list[bytes], timeout: float, pause: float,
+                       stop: float, result: Hostile) -> None:
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < stop:
+        for request in requests:
+            connection = Connection(loop, port)
+            result.sent += 1
+            sent = time.perf_counter()
+            try:
+                status, _ = await asyncio.wait_for(connection.exchange(request), timeout)
+                if status < 500:
+                    result.latencies.append(time.perf_counter() - sent)
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                connection.close()
+            await asyncio.sleep(pause)
+
+
+async def _hostile(port: int, requests: list[bytes], slow_clients: int, duration: float,
+                   interval: float, timeout: float, pause: float) -> Hostile:
+    result = Hostile(slow_clients)
+    stop = time.monotonic() + duration + 1.0
+    slow = [asyncio.create_task(_slow_client(port, SLOW_KINDS[i % len(SLOW_KINDS)],
+                                             interval, stop))
+            for i in range(slow_clients)]
+    await asyncio.sleep(1.0)  # let them take their connections first
+    await _good_client(port, requests, timeout, pause, stop, result)
+    for task in slow:
+        task.cancel()
+    await asyncio.gather(*slow, return_exceptions=True)
+    return result
+
+
+def hostile(port: int, requests: list[bytes], *, slow_clients: int, duration: float = 10.0,
+            interval: float = 2.0, timeout: float = 2.0, pause: float = 0.1) -> Hostile:
+    """A well-behaved client's requests, each on a new connection, while ``slow_clients``
+    connections trickle headers or a body a byte every ``interval`` s, or sit idle.
+
+    A request counts as answered when a non-5xx answer arrives within ``timeout``.
+    """
+    return asyncio.run(_hostile(port, requests, slow_clients, duration, interval, timeout,
+                                pause))
+
+
+def get_request(path: str, port: int = 80) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{port}\r\n\r\n".encode()

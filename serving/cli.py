@@ -1,10 +1,16 @@
-"""``digits serve``: run the HTTP server under gunicorn against the project's registry.
+"""``digits serve``: the HTTP server (granian, worker processes) against the project's registry.
 
 The registry is the one ``digits run`` publishes to: the configured S3 store
 (``DIGITS_S3_*``) or, when none is configured, the embedded store under
-``DIGITS_HOME`` (joined if ``digits run`` already started it). gunicorn runs
-as a child process; SIGTERM/SIGINT/SIGHUP are passed on to it, so a
-Kubernetes rollout or Ctrl-C drains in-flight requests before exit.
+``DIGITS_HOME`` (joined if ``digits run`` already started it).
+
+granian runs in this process and forks the workers; each runs
+:func:`serving.front.create_front` (the Flask app behind a buffering ASGI
+front). This process also serves the workers' aggregated Prometheus metrics
+on ``DIGITS_METRICS_PORT``, apart from the public port, and gives the workers
+one SQLite file for rate-limit counts, so a client's limit holds whichever
+worker answers. SIGTERM and SIGINT stop it gracefully: in-flight requests
+finish first (a Kubernetes rollout, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,8 +19,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,28 +26,37 @@ from collections.abc import Iterator
 from serving.metrics import MULTIPROC_ENV
 from serving.settings import ServeSettings, get_serve_settings
 
-APP = "serving.app:create_app()"
-CONFIG = "python:serving.gunicorn_conf"
+TARGET = "serving.front:create_front"
+#: On SIGTERM (a rollout), in-flight requests get this long to finish.
+GRACEFUL_TIMEOUT_S = 25
+BACKLOG = 2048
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digits serve",
         description="Serve the production model (Open Inference Protocol v2, v1, /predict, "
-                    "a drawing page at /) under gunicorn.",
+                    "a drawing page at /) with granian.",
     )
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default DIGITS_WORKERS, else 2)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads per worker (default DIGITS_THREADS, else 4)")
+                        help="threads per worker running the app (default DIGITS_THREADS, "
+                             "else 16)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of /metrics (default DIGITS_METRICS_PORT, else 9090; "
+                             "0: none)")
     return parser
 
 
 @contextlib.contextmanager
 def metrics_directory() -> Iterator[str]:
-    """``PROMETHEUS_MULTIPROC_DIR`` for the workers: the given one, or a private temp dir."""
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers: the given one, or a private temp dir.
+
+    Files of processes that are gone would be summed in, so a private one starts empty.
+    """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         os.makedirs(given, exist_ok=True)
@@ -56,48 +69,69 @@ def metrics_directory() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def gunicorn_command(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--config", CONFIG,
-            "--bind", f"{host}:{port}", APP]
-
-
-def run_gunicorn(command: list[str], env: dict[str, str]) -> int:
-    """Run gunicorn in the foreground, forwarding stop/reload signals; its exit code."""
-    process = subprocess.Popen(command, env=env)
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+@contextlib.contextmanager
+def shared_rate_limits(settings: ServeSettings) -> Iterator[str]:
+    """A rate-limit storage every worker shares: the configured one, or a SQLite file."""
+    if settings.rate_limit_storage != "memory://":
+        yield settings.rate_limit_storage
+        return
+    directory = tempfile.mkdtemp(prefix="digits-limits-")
     try:
-        return process.wait()
+        yield f"sqlite://{directory}/limits.db"
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if process.poll() is None:
-            process.terminate()
-            process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def serve(settings: ServeSettings, *, host: str, port: int, workers: int | None = None,
-          threads: int | None = None) -> int:
+def serve_metrics(host: str, port: int) -> None:
+    """Serve every worker's metrics on ``port`` from a thread of this (the main) process."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
+
+
+def granian_server(settings: ServeSettings, *, host: str, port: int):
+    """The granian server ``digits serve`` runs (built, not started)."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    from serving.logs import logging_config
+
+    return Server(
+        TARGET, factory=True, address=host, port=port, interface=Interfaces.ASGI,
+        workers=settings.workers, http=HTTPModes.http1, websockets=False, backlog=BACKLOG,
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_s * 1000)),
+        log_access=False, log_dictconfig=logging_config(settings.log_level),
+        respawn_failed_workers=True, workers_kill_timeout=GRACEFUL_TIMEOUT_S,
+    )
+
+
+def serve(settings: ServeSettings, *, host: str, port: int) -> int:
     from components.s3local import s3_environment
 
     with contextlib.ExitStack() as stack:
         if not settings.s3_configured:
             # Exports DIGITS_S3_* into os.environ, which the workers inherit.
             stack.enter_context(s3_environment(settings))
-        env = dict(os.environ)
-        env[MULTIPROC_ENV] = stack.enter_context(metrics_directory())
-        if workers is not None:
-            env["DIGITS_WORKERS"] = str(workers)
-        if threads is not None:
-            env["DIGITS_THREADS"] = str(threads)
+        os.environ[MULTIPROC_ENV] = stack.enter_context(metrics_directory())
+        os.environ["DIGITS_RATE_LIMIT_STORAGE"] = stack.enter_context(
+            shared_rate_limits(settings))
+        # Frameworks size their thread pools from these when first used: one forward
+        # pass gets DIGITS_PREDICT_THREADS cores, since the other workers use the rest.
+        for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            os.environ.setdefault(name, str(settings.predict_threads))
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+        if settings.metrics_port:
+            serve_metrics(host, settings.metrics_port)
+        metrics = (f", metrics on :{settings.metrics_port}/metrics"
+                   if settings.metrics_port else "")
         print(f"digits serve: http://{host}:{port}/ (model {settings.model_name!r}, "
-              f"bucket {settings.bucket!r})", file=sys.stderr, flush=True)
-        return run_gunicorn(gunicorn_command(host, port), env)
+              f"bucket {settings.bucket!r}, {settings.workers} workers{metrics})",
+              file=sys.stderr, flush=True)
+        granian_server(settings, host=host, port=port).serve()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,13 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"digits serve: --{name} must be at least 1", file=sys.stderr)
             return 2
+    overrides = {name: getattr(args, name) for name in ("workers", "threads", "metrics_port")
+                 if getattr(args, name) is not None}
+    for name, value in overrides.items():  # the workers read their settings again
+        os.environ[f"DIGITS_{name.upper()}"] = str(value)
     try:
         settings = get_serve_settings()
     except ValueError as error:  # pydantic's ValidationError: a malformed DIGITS_* variable
         print(f"digits serve: bad settings: {error}", file=sys.stderr)
         return 2
-    return serve(settings, host=args.host, port=args.port, workers=args.workers,
-                 threads=args.threads)
+    if settings.metrics_port and settings.metrics_port == args.port:
+        print("digits serve: the metrics port must differ from --port", file=sys.stderr)
+        return 2
+    return serve(settings, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import math
+import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -50,12 +52,15 @@ class ImageError(ValueError):
     """Bytes that are not a usable picture of a digit; the message says why."""
 
 
-def decode(data: bytes, *, max_pixels: int = 25_000_000) -> Image.Image:
-    """Open PNG or JPEG bytes fully, refusing other formats, truncation and huge images.
+class TooMuchWork(ImageError):
+    """An upload whose decoding would cost more than one request may (pixels or time)."""
+
+
+def open_image(data: bytes, *, max_pixels: int = 16_000_000) -> Image.Image:
+    """Read a PNG or JPEG's header only: its format and size, refused before any decoding.
 
     The format is checked from the magic bytes, not trusted from a filename or
-    header, and the size from the header before any pixel is decoded, so a
-    decompression bomb costs nothing.
+    header, and the size from the header, so a decompression bomb costs nothing.
     """
     if not data:
         raise ImageError("empty image file")
@@ -65,12 +70,21 @@ def decode(data: bytes, *, max_pixels: int = 25_000_000) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image too large: {width}x{height} pixels (limit {max_pixels})"
-                )
-            if max(width, height) > WORKING_SIDE:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:
+        raise ImageError(f"cannot decode image: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooMuchWork(f"image too large: {width}x{height} pixels (limit {max_pixels})")
+    return image
+
+
+def load(image: Image.Image) -> Image.Image:
+    """Decode an image :func:`open_image` accepted, shrunk to at most ``WORKING_SIDE``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if max(image.size) > WORKING_SIDE:
                 # JPEG can decode straight to a smaller scale; then shrink the rest.
                 image.draft(image.mode, (WORKING_SIDE, WORKING_SIDE))
             image.load()
@@ -78,11 +92,14 @@ def decode(data: bytes, *, max_pixels: int = 25_000_000) -> Image.Image:
             if max(image.size) > WORKING_SIDE:
                 image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
             return image
-    except ImageError:
-        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
         raise ImageError(f"cannot decode image: {error}") from error
+
+
+def decode(data: bytes, *, max_pixels: int = 16_000_000) -> Image.Image:
+    """Open PNG or JPEG bytes fully, refusing other formats, truncation and huge images."""
+    return load(open_image(data, max_pixels=max_pixels))
 
 
 def grayscale(image: Image.Image) -> np.ndarray:
@@ -158,11 +175,44 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     return np.rint(field * MAX_PIXEL).astype(np.uint8)
 
 
-def image_to_mnist(data: bytes, *, max_pixels: int = 25_000_000) -> np.ndarray:
+def image_to_mnist(data: bytes, *, max_pixels: int = 16_000_000) -> np.ndarray:
     """PNG/JPEG bytes → ``uint8 [28, 28]``, ready for any model."""
     return to_mnist(grayscale(decode(data, max_pixels=max_pixels)))
 
 
-def images_to_batch(files: list[bytes], *, max_pixels: int = 25_000_000) -> np.ndarray:
-    """Several uploads → ``uint8 [N, 28, 28]`` through the training stem's own check."""
-    return as_images(np.stack([image_to_mnist(data, max_pixels=max_pixels) for data in files]))
+def uploads_to_mnist(blobs: Sequence[bytes], names: Sequence[str], *, max_pixels: int,
+                     max_total_pixels: int, timeout_s: float) -> np.ndarray:
+    """Several uploads → ``uint8 [N, 28, 28]``, with the work of the whole request bounded.
+
+    Every header is read first: one image over ``max_pixels`` or all of them
+    together over ``max_total_pixels`` refuses the request before a single
+    pixel is decoded (a 6 KB PNG can declare 25 million pixels). Decoding then
+    stops once it has taken ``timeout_s``, between images.
+    """
+    def named(error: ImageError, name: str) -> ImageError:
+        kind = type(error)
+        return kind(f"{name}: {error}") if len(blobs) > 1 else error
+
+    opened = []
+    total = 0
+    for blob, name in zip(blobs, names, strict=True):
+        try:
+            image = open_image(blob, max_pixels=max_pixels)
+        except ImageError as error:
+            raise named(error, name) from error
+        total += image.size[0] * image.size[1]
+        if total > max_total_pixels:
+            raise TooMuchWork(f"the images hold more than {max_total_pixels} pixels together "
+                              f"(DIGITS_MAX_REQUEST_PIXELS); send fewer or smaller ones")
+        opened.append(image)
+    deadline = time.monotonic() + timeout_s
+    pictures = []
+    for image, name in zip(opened, names, strict=True):
+        if time.monotonic() > deadline:
+            raise TooMuchWork(f"decoding the images took longer than {timeout_s:g} s "
+                              "(DIGITS_DECODE_TIMEOUT_S); send fewer or smaller ones")
+        try:
+            pictures.append(to_mnist(grayscale(load(image))))
+        except ImageError as error:
+            raise named(error, name) from error
+    return as_images(np.stack(pictures))

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ACCESS_LOGGER = "serving.access"
@@ -25,7 +25,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
                 timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
-    """``dictConfig`` for JSON on stderr: the server's, gunicorn's and the registry's logs."""
+    """``dictConfig`` for JSON on stderr: the server's, granian's and the registry's logs."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     return {
         "version": 1,
@@ -51,15 +51,15 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "loggers": {
             "serving": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "components": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
-            "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+            "_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "granian.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},
     }
 
 
 def configure(level: str = "INFO") -> None:
-    """Install the JSON logging config (gunicorn does it through ``logconfig_dict``)."""
+    """Install the JSON logging config (granian does it through ``log_dictconfig``)."""
     import logging.config
 
     logging.config.dictConfig(logging_config(level))

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the server, correct under gunicorn's several processes.
+"""Prometheus metrics of the server, correct across its several worker processes.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (``digits serve`` and the image always
 set it) every worker writes its samples to files there and ``/metrics``
@@ -6,22 +6,15 @@ aggregates them, whichever worker answers the scrape. Without it (the Flask
 test client) the metrics live in a private registry of the app, so several
 apps in one process never collide.
 
-Metric objects are built by :class:`Metrics`, never at import time: the
-multiprocess switch is read when a metric is created, and must already be set.
+Metric objects are built by :class:`Metrics`, never at import time, and
+``prometheus_client`` itself is imported only then: it picks single- or
+multi-process mode when first imported, so ``digits serve`` must set the
+directory before that happens in the process that forks the workers.
 """
 
 from __future__ import annotations
 
 import os
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -37,6 +30,8 @@ class Metrics:
     """Every metric the server exports, created once per app."""
 
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.multiprocess = multiprocess_dir() is not None
         # In multiprocess mode samples are collected from files, not from a registry.
         self.registry = None if self.multiprocess else CollectorRegistry()
@@ -88,6 +83,8 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: this process's registry, or every worker's files."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
         if self.multiprocess:
             from prometheus_client import multiprocess
 

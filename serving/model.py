@@ -15,7 +15,7 @@ Rollover without a failed request:
   anything wrong with it (pointer/metadata/file checksums, load error, a
   forward pass that does not produce probabilities) leaves the current model
   serving, is logged, counted, and retried later with back-off;
-* every gunicorn worker runs its own polling thread, started lazily in the
+* every worker process runs its own polling thread, started lazily in the
   worker (after the fork), so the processes converge independently and a dead
   registry only ever delays a rollover.
 
@@ -114,8 +114,8 @@ class DigitsModel:
         self._cache_root: Path | None = None
         self._cache_root_pid: int | None = None
         self._start_lock = threading.Lock()
-        # Only threads can have requests to merge; a sync worker takes one at a time.
-        concurrent = settings.worker_class == "gthread" and settings.threads > 1
+        # Only a worker that works on several requests at once has requests to merge.
+        concurrent = settings.concurrency > 1
         self._batcher = Batcher(metrics) if settings.batching and concurrent else None
         self.last_error: str | None = None
 
@@ -304,7 +304,7 @@ class DigitsModel:
             self._stop.wait(self.settings.poll_interval_s)
 
     def stop(self) -> None:
-        """Stop the poller (tests; gunicorn simply exits)."""
+        """Stop the poller (tests, and a worker shutting down)."""
         self._stop.set()
         if self._poller is not None and self._poller_pid == os.getpid():
             self._poller.join(timeout=5)

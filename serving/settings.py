@@ -16,7 +16,7 @@ from components.settings import StoreSettings
 
 
 class ServeSettings(StoreSettings):
-    """``DIGITS_<FIELD>`` settings of the HTTP server (and its gunicorn workers)."""
+    """``DIGITS_<FIELD>`` settings of the HTTP server and its worker processes."""
 
     model_name: str = Field(
         default="digits", description="Name the model answers to in /v1 and /v2 URLs."
@@ -33,23 +33,46 @@ class ServeSettings(StoreSettings):
         default=4096, gt=0, description="Most images in one request; more get 413."
     )
     max_image_pixels: int = Field(
-        default=25_000_000, gt=0,
-        description="Largest uploaded image (width x height); guards against decompression bombs.",
+        default=16_000_000, gt=0,
+        description="Largest uploaded image (width x height, read from its header before "
+                    "decoding); guards against decompression bombs.",
     )
-    workers: int = Field(default=2, gt=0, description="gunicorn worker processes.")
-    worker_class: str = Field(
-        default="sync", pattern="^(sync|gthread)$",
-        description="gunicorn worker type: sync (one request per process at a time, the "
-                    "kernel balances them: best tail latency) or gthread (keep-alive, threads).",
+    max_request_pixels: int = Field(
+        default=16_000_000, gt=0,
+        description="Pixels all the images of one /predict request may hold together: "
+                    "decoding cost is bounded per request, not only per image.",
+    )
+    max_upload_images: int = Field(
+        default=64, gt=0, description="Most image files in one /predict upload; more get 413."
+    )
+    decode_timeout_s: float = Field(
+        default=2.0, gt=0,
+        description="Decoding a request's images stops with 413 once it has taken this long.",
+    )
+    body_timeout_s: float = Field(
+        default=15.0, gt=0,
+        description="A request body must arrive within this many seconds, or it gets 408.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=60,
+        description="A request's headers must arrive within this many seconds, or the "
+                    "connection is closed.",
+    )
+    workers: int = Field(default=2, gt=0, description="Worker processes.")
+    threads: int = Field(
+        default=16, gt=0,
+        description="Threads per worker that run the app on complete requests (slow clients "
+                    "never hold one: bodies are read by the event loop first).",
+    )
+    concurrency: int = Field(
+        default=2, gt=0,
+        description="Requests (POSTs) a worker works on at once; the rest wait for a slot, "
+                    "and concurrent requests share forward passes.",
     )
     max_wait_ms: int = Field(
         default=250, ge=0,
-        description="sync workers: a request that waited longer than this for a worker gets "
-                    "an immediate 503 with Retry-After instead of an ever longer wait.",
-    )
-    threads: int = Field(
-        default=4, gt=0,
-        description="Threads per gthread worker; concurrent requests then share forward passes.",
+        description="A request that waited longer than this for a slot gets an immediate "
+                    "503 with Retry-After instead of an ever longer wait.",
     )
     predict_threads: int = Field(
         default=1, gt=0,
@@ -59,6 +82,27 @@ class ServeSettings(StoreSettings):
         default=True,
         description="Merge requests that arrive while the model is busy into one forward pass.",
     )
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535,
+        description="Port of the Prometheus /metrics endpoint, apart from the public port "
+                    "(0: not served).",
+    )
+    trusted_proxy_hops: int = Field(
+        default=0, ge=0,
+        description="Proxies in front that append the client's address to X-Forwarded-For; "
+                    "rate limits key on the address the outermost trusted one saw.",
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where rate-limit counts live (a limits storage URI): memory:// (one "
+                    "process), sqlite:///path (every worker of a server; digits serve sets "
+                    "one), redis://host:6379 (every replica).",
+    )
+    predict_rate_limit: str = Field(
+        default="600/minute",
+        description="/predict requests one client address may make, e.g. 600/minute; "
+                    "more get a 429 with Retry-After.",
+    )
     access_log: bool = Field(default=True, description="One JSON line per request.")
     log_level: str = Field(default="INFO", description="Level of the server's own logs.")
     registry_timeout_s: float = Field(
@@ -67,8 +111,8 @@ class ServeSettings(StoreSettings):
     )
     feedback_rate_limit: str = Field(
         default="30/minute",
-        description="Feedback posts one client address may make (per worker), e.g. 30/minute; "
-                    "more get a 429 with Retry-After, so one browser cannot flood the bucket.",
+        description="Feedback posts one client address may make, e.g. 30/minute; more get "
+                    "a 429 with Retry-After, so one client cannot flood the bucket.",
     )
     model_cache_dir: Path | None = Field(
         default=None,
