@@ -1,4 +1,4 @@
-"""Serving benchmark: our gunicorn server vs MLServer vs in-process predict, one XGBoost model.
+"""Serving benchmark: our server vs MLServer vs in-process predict, one XGBoost model.
 
     python bench/serving.py [--duration 3] [--concurrency 1,8,32] [--batches 1,64]
                             [--no-mlserver] [--json results.json]
@@ -9,7 +9,7 @@ trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
 1. trains an XGBoost model on real MNIST (``DIGITS_MNIST_DIR`` or
    ``../shared/data/mnist``), cached under ``.digits/bench/``;
 2. publishes it to a real registry (an embedded ``weed`` S3 store) and starts
-   ``digits serve`` (gunicorn) on it, exactly as in production;
+   ``digits serve`` (granian) on it, exactly as in production;
 3. starts MLServer 1.7 (``mlserver-xgboost``) on the same model file, in its
    own virtualenv (it pins ``uvloop==0.21.0`` and more);
 4. checks that both servers and the in-process model return the same
@@ -17,15 +17,18 @@ trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
 5. measures requests/s and p50/p99 latency for single images and 64-image
    batches at several concurrency levels (closed loop, keep-alive, 127.0.0.1
    only), plus the in-process ``predict_proba`` limit, and prints a table and
-   the ratios.
+   the ratios;
+6. measures what a well-behaved client gets while slow clients (trickling
+   headers or a body a byte every 2 s, or idle) hold 3 and 24 connections,
+   against both servers.
 
 MLServer runs in its best configuration measured here: ``parallel_workers=0``
 (inference in the HTTP process; its default of 1 adds a hop to a worker
 process and was ~10-40% slower) and ``OMP_NUM_THREADS=1`` (with XGBoost's
 default of all cores, its OpenMP threads fight the HTTP process for the two
 cores and latency goes to hundreds of milliseconds). Ours runs as
-``digits serve`` does by default (2 sync workers that keep a connection open
-while nobody else waits, one thread per forward pass).
+``digits serve`` does by default (2 worker processes, each working on 2
+requests at once, one thread per forward pass).
 ``BENCH_MLSERVER_PARALLEL_WORKERS`` overrides MLServer's setting; ``DIGITS_*``
 variables reach our server.
 """
@@ -75,6 +78,8 @@ MLSERVER_NO_DEPS = ["mlserver-xgboost==1.7.1"]  # it would pull the 500 MB CUDA 
 READY_TIMEOUT_S = 120
 #: Untimed load each server gets per batch size before the first measured cell.
 WARM_UP_S = 2.0
+#: Seconds the well-behaved client asks while slow clients hold connections.
+HOSTILE_DURATION_S = 10.0
 
 
 def log(message: str) -> None:
@@ -166,7 +171,8 @@ def our_server(model_dir: Path, workdir: Path) -> Iterator[int]:
         port = free_port()
         env = {**os.environ, **s3.environ(), "DIGITS_BUCKET": "bench",
                "DIGITS_MODEL_NAME": MODEL_NAME, "DIGITS_POLL_INTERVAL_S": "30",
-               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / "home")}
+               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / "home"),
+               "DIGITS_METRICS_PORT": str(free_port())}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with (workdir / "digits-serve.log").open("wb") as out:
             process = subprocess.Popen(
@@ -317,6 +323,7 @@ def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: 
 
 def markdown(rows: list[dict]) -> str:
     """The MLServer comparison as a Markdown table (what the README shows)."""
+    rows = [r for r in rows if not r.get("hostile")]
     ours = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits"
             and not r.get("overload")}
     theirs = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "mlserver"}
@@ -349,10 +356,10 @@ def print_table(rows: list[dict], accuracy: float) -> None:
     from serving.settings import ServeSettings
 
     config = ServeSettings()
-    threads = f" x {config.threads} threads" if config.worker_class == "gthread" else ""
     print(f"\nXGBoost, {ROUNDS} rounds x 10 classes, depth {DEPTH}, trained on {TRAIN_SIZE} "
           f"MNIST digits (test accuracy {accuracy:.4f}); {os.cpu_count()} CPUs")
-    print(f"digits serve: {config.workers} {config.worker_class} workers{threads}; MLServer "
+    print(f"digits serve: granian, {config.workers} workers x {config.concurrency} requests "
+          f"at once ({config.threads} threads); MLServer "
           f"parallel_workers={os.environ.get('BENCH_MLSERVER_PARALLEL_WORKERS', '0')}, "
           "OMP_NUM_THREADS=1; closed-loop clients on 127.0.0.1\n")
     header = (f"{'server':<11}{'batch':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
@@ -400,10 +407,38 @@ def measure_overload(port: int, pool: list[bytes], concurrency: int, duration: f
     return row
 
 
+def measure_hostile(server: str, port: int, requests: list[bytes], slow_clients: int,
+                    duration: float) -> dict:
+    """A well-behaved client (probe, then a single-image prediction, each on a new
+    connection, 2 s timeout) while ``slow_clients`` connections trickle headers or a body
+    a byte every 2 s, or sit idle."""
+    result = loadgen.hostile(port, requests, slow_clients=slow_clients, duration=duration)
+    row = {"server": server, "hostile": True, "slow_clients": slow_clients,
+           "sent": result.sent, "answered": result.answered,
+           "p99_ms": result.percentile(99) * 1000}
+    log(f"{server:10s} {slow_clients:3d} slow clients: {result.answered}/{result.sent} "
+        f"answered within 2 s, p99 {row['p99_ms']:.1f} ms")
+    return row
+
+
+def hostile_markdown(rows: list[dict]) -> str:
+    """Slow clients: the good client's share answered and p99, both servers side by side."""
+    by = {(r["server"], r["slow_clients"]): r for r in rows if r.get("hostile")}
+    lines = ["| slow clients | digits answered | digits p99 ms | MLServer answered | "
+             "MLServer p99 ms |", "| --- | --- | --- | --- | --- |"]
+    for count in sorted({key[1] for key in by}):
+        cells = []
+        for server in ("digits", "mlserver"):
+            row = by.get((server, count))
+            cells += ([f"{row['answered']}/{row['sent']}", f"{row['p99_ms']:.1f}"]
+                      if row else ["–", "–"])
+        lines.append(f"| {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_overload(row: dict) -> None:
-    print(f"\nOverload, single images, {row['concurrency']} connections (2 workers answer "
-          "2 at a time; a request that waited past DIGITS_MAX_WAIT_MS gets a fast 503 + "
-          "Retry-After):")
+    print(f"\nOverload, single images, {row['concurrency']} connections (a request that "
+          "waited past DIGITS_MAX_WAIT_MS for a work slot gets a fast 503 + Retry-After):")
     print(f"  {row['ok_rps']:.0f} answered/s with p99 {row['p99_ok_ms']:.1f} ms; "
           f"{row['shed_rps']:.0f} shed/s; p99 of every answer {row['p99_all_ms']:.1f} ms; "
           f"{row['connection_errors']} connection errors; other statuses "
@@ -421,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload", type=int, default=OVERLOAD_CONCURRENCY,
                         help="connections for the overload row, far above what the "
                              f"workers answer at once (default {OVERLOAD_CONCURRENCY}; 0: skip)")
+    parser.add_argument("--slow-clients", default="3,24",
+                        help="slow-client counts for the hostile rows (default 3,24; '': skip)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -472,12 +509,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.overload:
             overload = measure_overload(ours, request_pool(images, 1, our_body, ours),
                                         args.overload, args.duration)
+        hostile = []
+        for count in ([int(v) for v in args.slow_clients.split(",")]
+                      if args.slow_clients else []):
+            for name, port, body in (("digits", ours, our_body),
+                                     ("mlserver", theirs, mlserver_body)):
+                if port:
+                    good = [loadgen.get_request("/v2/health/ready", port),
+                            request_pool(images, 1, body, port, count=1)[0]]
+                    hostile.append(measure_hostile(name, port, good, count,
+                                                   HOSTILE_DURATION_S))
 
     rows.sort(key=lambda r: (r["batch"], r["concurrency"], r["server"]))
     print_table(rows, accuracy)
     if args.overload:
         print_overload(overload)
         rows.append(overload)
+    if hostile:
+        print("\nSlow clients (a byte every 2 s, or idle) while a good client asks, "
+              "2 s timeout:\n" + hostile_markdown(hostile))
+        rows += hostile
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

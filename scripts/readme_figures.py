@@ -78,7 +78,12 @@ def bench_serve_figures(rows: list) -> str:
     spec.loader.exec_module(bench_serving)
     return ("Measured with `make bench WHAT=serve` (XGBoost on raw pixels, both servers on "
             "the same booster; closed-loop clients on 127.0.0.1; "
-            f"{_bench().cpu_model()}):\n\n" + bench_serving.markdown(rows) + "\n")
+            f"{_bench().cpu_model()}):\n\n" + bench_serving.markdown(rows) + "\n"
+            + ("\nSlow clients holding connections (trickling headers or a body a byte every "
+               "2 s, or idle) while a well-behaved client asks for a probe and a prediction "
+               "on new connections, each with a 2 s timeout:\n\n"
+               + bench_serving.hostile_markdown(rows) + "\n"
+               if any(row.get("hostile") for row in rows) else ""))
 
 
 def keep_study(simulation: Path, into: Path = STUDY, note: str = "") -> None:

@@ -72,6 +72,7 @@ class Server:
         self.model = DigitsModel(settings, metrics=self.metrics)
         self.metrics.ready.set(0)
         self.access = AccessLog(settings.access_log)
+        self.admission = hooks.Admission(settings.concurrency, settings.max_wait_ms)
         self._openapi: bytes | None = None
 
     def predict(self, images: np.ndarray, loaded: LoadedModel) -> Prediction:
@@ -162,7 +163,8 @@ def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask
     for module in (v2, v1, images, feedback, page):
         app.register_blueprint(module.blueprint)
     for endpoint, limit in RATE_LIMITS.items():
-        limiter.limit(getattr(settings, limit))(app.view_functions[endpoint])
+        app.view_functions[endpoint] = limiter.limit(getattr(settings, limit))(
+            app.view_functions[endpoint])
     if settings.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app,  # type: ignore[method-assign]
                                 x_for=settings.trusted_proxy_hops)

@@ -97,7 +97,7 @@ def error_response(status: int, message: str) -> Response:
 
 def install(app: Flask, server) -> None:
     """Attach the hooks and error handlers to ``app`` (``server``: :class:`serving.app.Server`)."""
-    admission = Admission(server.settings.concurrency, server.settings.max_wait_ms)
+    admission = server.admission
 
     @app.before_request
     def _admit() -> None:

@@ -26,15 +26,20 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request: bad JSON, shape, datatype, values or image.",
         404: "Unknown model name or version, or no such endpoint.",
-        413: "Body larger than DIGITS_MAX_BODY_BYTES, or batch larger than DIGITS_MAX_BATCH.",
+        408: "The body did not arrive within DIGITS_BODY_TIMEOUT_S.",
+        413: "Body larger than DIGITS_MAX_BODY_BYTES, batch larger than DIGITS_MAX_BATCH, or "
+             "images over the request's pixel budget.",
         415: "Unsupported Content-Type.",
-        429: "Too many feedback posts from this client (DIGITS_FEEDBACK_RATE_LIMIT); "
-             "see Retry-After.",
-        503: "No model loaded yet.",
+        429: "Too many requests from this client (the route's rate limit); see Retry-After.",
+        503: "No model loaded yet, or overloaded (then with Retry-After).",
     }
     return {str(code): {"$ref": f"#/components/responses/E{code}"} for code in codes
             if code in text}
 
+
+#: What any POST can be refused with: malformed, too large, too slow, wrong type, no model
+#: or overloaded (every route goes through the same limits, serving.hooks).
+WORK_ERRORS = (400, 404, 408, 413, 415, 503)
 
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
         "description": "Model name (DIGITS_MODEL_NAME, default `digits`)."}
@@ -101,7 +106,7 @@ def _v2_model_paths() -> dict[str, Any]:
                         "application/octet-stream": {
                             "schema": {"type": "string", "format": "binary"},
                             "description": BINARY_FORM}}},
-                **_errors(400, 404, 413, 415, 503)},
+                **_errors(*WORK_ERRORS)},
         }
     }
     paths = {}
@@ -223,9 +228,10 @@ def spec(server_version: str = "0") -> dict[str, Any]:
     }
     responses = {
         f"E{code}": _json(_ref("Error"), text) for code, text in (
-            (400, "Bad request."), (404, "Not found."), (413, "Payload too large."),
-            (415, "Unsupported media type."), (429, "Too many requests."),
-            (503, "No model loaded yet."))
+            (400, "Bad request."), (404, "Not found."), (408, "Request timeout."),
+            (413, "Payload too large."), (415, "Unsupported media type."),
+            (429, "Too many requests."),
+            (503, "No model loaded yet, or overloaded: retry after Retry-After seconds."))
     }
     paths: dict[str, Any] = {
         "/": {"get": {"tags": ["web"], "summary": "Drawing page",
@@ -233,9 +239,6 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                                             "content": {"text/html": {}}}}}},
         "/openapi.json": {"get": {"tags": ["web"], "summary": "This document",
                                   "responses": {"200": {"description": "OpenAPI 3 JSON."}}}},
-        "/metrics": {"get": {"tags": ["ops"], "summary": "Prometheus metrics",
-                             "responses": {"200": {"description": "Exposition text.",
-                                                   "content": {"text/plain": {}}}}}},
         "/v2": {"get": {"tags": ["v2"], "summary": "Server metadata",
                         "responses": {"200": _json(_ref("ServerMetadata"), "Server metadata.")}}},
         "/v2/health/live": {"get": {"tags": ["v2"], "summary": "Liveness",
@@ -254,7 +257,7 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": _ref("V1Request")}}},
             "responses": {"200": _json(_ref("V1Response"), "One prediction per instance."),
-                          **_errors(400, 404, 413, 415, 503)}}},
+                          **_errors(*WORK_ERRORS)}}},
         "/predict": {"post": {
             "tags": ["predict"], "summary": "Classify uploaded images or raw pixels",
             "description": (
@@ -273,7 +276,7 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                                                 "properties": {"pixels": _ref("Pixels")}}},
             }},
             "responses": {"200": _json(_ref("PredictResponse"), "One prediction per image."),
-                          **_errors(400, 413, 415, 503)}}},
+                          **_errors(*WORK_ERRORS, 429)}}},
         "/feedback": {"post": {
             "tags": ["feedback"], "summary": "Label one digit for the next training run",
             "description": (
@@ -291,7 +294,7 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                         "model_version": {"type": "string"}}}},
             }},
             "responses": {"201": _json(_ref("FeedbackResponse"), "Stored."),
-                          **_errors(400, 413, 415, 429, 503)}}},
+                          **_errors(*WORK_ERRORS, 429)}}},
     }
     return {
         "openapi": "3.0.3",
@@ -301,7 +304,8 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             "description": (
                 "Handwritten-digit classification. Every prediction names the model version "
                 "that answered (body and `X-Model-Version` header). Errors are "
-                "`{\"error\": \"...\"}`."
+                "`{\"error\": \"...\"}`. Prometheus metrics are served on a port of their "
+                "own (DIGITS_METRICS_PORT, default 9090), not here."
             ),
         },
         "paths": paths,

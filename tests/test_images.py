@@ -208,7 +208,7 @@ def serve_container(docker, images, manifests_dir):
     assert container["image"] == images["serve"]
     name = f"digits-serve-test-{uuid.uuid4().hex[:8]}"
     started = subprocess.run(
-        [docker, "run", "-d", "--name", name, "-p", "127.0.0.1::8080",
+        [docker, "run", "-d", "--name", name, "-p", "127.0.0.1::8080", "-p", "127.0.0.1::9090",
          *as_in_manifest(container),
          "-e", "DIGITS_S3_ENDPOINT=127.0.0.1:9",  # nothing listens there
          "-e", "DIGITS_S3_ACCESS_KEY=test", "-e", "DIGITS_S3_SECRET_KEY=test-secret",
@@ -217,9 +217,11 @@ def serve_container(docker, images, manifests_dir):
         capture_output=True, text=True, timeout=60, check=False)
     assert started.returncode == 0, started.stderr
     try:
-        port = subprocess.run([docker, "port", name, "8080/tcp"], capture_output=True,
-                              text=True, check=True).stdout.split()[0].rsplit(":", 1)[1]
-        yield name, f"http://127.0.0.1:{port}"
+        port, metrics = (
+            subprocess.run([docker, "port", name, f"{inside}/tcp"], capture_output=True,
+                           text=True, check=True).stdout.split()[0].rsplit(":", 1)[1]
+            for inside in (8080, 9090))
+        yield name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics}"
     finally:
         subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True, check=False)
 
@@ -233,7 +235,7 @@ def _logs(docker: str, name: str) -> str:
 
 
 def test_serve_image_is_live_but_not_ready_without_a_registry(docker, serve_container):
-    name, url = serve_container
+    name, url, metrics_url = serve_container
     deadline = time.monotonic() + 180
     status = None
     while time.monotonic() < deadline:
@@ -257,9 +259,10 @@ def test_serve_image_is_live_but_not_ready_without_a_registry(docker, serve_cont
     live, _ = _get(f"{url}/v2/health/live")
     assert live == 200, "a registry outage must not fail liveness"
 
-    metrics, text = _get(f"{url}/metrics")
+    assert _get(f"{url}/metrics")[0] == 404, "metrics are not on the public port"
+    metrics, text = _get(f"{metrics_url}/metrics")
     assert metrics == 200
-    assert "# TYPE" in text
+    assert "digits_model_ready" in text
 
 
 def _wait_for(url: str, docker: str, name: str, status: int = 200, timeout_s: float = 180) -> None:
@@ -295,7 +298,7 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
         tmp_path / "model", {"kind": "baseline"}, reason="docker image test")
 
     container = manifest_container(manifests_dir, "Deployment", "digits-serving")
-    port = _free_port()  # host network (the test S3 store listens on loopback)
+    port, metrics_port = _free_port(), _free_port()  # host network (S3 listens on loopback)
     command = [*container["command"][:-2], "--port", str(port)]
     assert container["command"][-2:] == ["--port", "8080"]
     name = f"digits-serve-test-{uuid.uuid4().hex[:8]}"
@@ -303,6 +306,7 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
         [docker, "run", "-d", "--name", name, "--network", "host", *as_in_manifest(container),
          *[arg for item in s3_server.environ().items() for arg in ("-e", "=".join(item))],
          "-e", f"DIGITS_BUCKET={bucket}", "-e", "DIGITS_POLL_INTERVAL_S=1",
+         "-e", f"DIGITS_METRICS_PORT={metrics_port}",
          "--entrypoint", command[0], images["serve"], *command[1:]],
         capture_output=True, text=True, timeout=60, check=False)
     assert started.returncode == 0, started.stderr
@@ -322,8 +326,8 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
         expected = float((model.predict(x) == y).mean())
         assert accuracy == pytest.approx(expected, abs=0.02), "served != in-process predictions"
         assert accuracy > 0.7
-        metrics = _get(f"{url}/metrics")[1]
-        assert "# TYPE" in metrics
+        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
+        assert "digits_model_info{" in metrics and 'kind="baseline"' in metrics
     finally:
         subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True, check=False)
 

@@ -1,8 +1,8 @@
-"""``digits serve`` (``serving.cli.main``): arguments, and the real gunicorn process.
+"""``digits serve`` (``serving.cli.main``): arguments, and the real server process.
 
-The slow tests run the real thing: ``python -m serving.cli`` → gunicorn with
-two workers → the real ``weed`` S3 server, under concurrent load while the
-production pointer moves.
+The slow tests run the real thing: ``python -m serving.cli`` → granian with
+two worker processes → the real ``weed`` S3 server, under concurrent load
+while the production pointer moves.
 """
 
 from __future__ import annotations
@@ -18,27 +18,33 @@ import subprocess
 import sys
 import threading
 import time
+from email.message import Message
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from serving import cli
+from serving.settings import ServeSettings
 from tests.serving.helpers import png_bytes, promote, v2_body
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_arguments_and_command(monkeypatch):
+def test_arguments_and_server(monkeypatch):
     assert cli.main(["--workers", "0"]) == 2
-    command = cli.gunicorn_command("127.0.0.1", 1234)
-    assert command[:3] == [sys.executable, "-m", "gunicorn"]
-    assert "127.0.0.1:1234" in command and cli.APP in command
     args = cli.build_parser().parse_args(["--port", "9000"])
     assert (args.port, args.host, args.workers) == (9000, "0.0.0.0", None)
     monkeypatch.setenv("DIGITS_WORKERS", "many")
     assert cli.main([]) == 2
+    monkeypatch.setenv("DIGITS_WORKERS", "3")
+    monkeypatch.setenv("DIGITS_HEADER_TIMEOUT_S", "4")
+    assert cli.main(["--port", "9090", "--metrics-port", "9090"]) == 2, "one port for both"
+    server = cli.granian_server(ServeSettings(), host="127.0.0.1", port=1234)
+    assert (server.bind_addr, server.bind_port, server.workers) == ("127.0.0.1", 1234, 3)
+    assert server.target == cli.TARGET and server.factory
+    assert server.http1_settings.header_read_timeout == 4000
 
 
 def test_metrics_directory(monkeypatch, tmp_path):
@@ -67,22 +73,36 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def start_serve(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+#: The metrics port of each server a test started, by its public port.
+METRICS_PORTS: dict[int, int] = {}
+
+
+def start_serve(port: int, env: dict[str, str], log: Path, workers: int = 2
+                ) -> subprocess.Popen:
+    """``digits serve`` on ``port``, its metrics on a free port of their own."""
+    METRICS_PORTS[port] = free_port()
+    env = {**env, "DIGITS_METRICS_PORT": str(METRICS_PORTS[port])}
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "2"],
+             "--workers", str(workers)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def metrics_text(port: int) -> str:
+    """The aggregated metrics of the server whose public port is ``port``."""
+    return request(METRICS_PORTS[port], "GET", "/metrics")[1].decode()
+
+
 def request(port: int, method: str, path: str, body: bytes | None = None,
-            content_type: str = "application/json") -> tuple[int, bytes, dict]:
+            content_type: str = "application/json") -> tuple[int, bytes, Message]:
+    """One request on a new connection: status, body and headers (names in any case)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"Content-Type": content_type} if body is not None else {}
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
+        return response.status, response.read(), response.headers
     finally:
         connection.close()
 
@@ -91,7 +111,7 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 def model_info(port: int) -> dict[str, str]:
     """``{pid: version}`` for every live worker, from the aggregated /metrics."""
-    text = request(port, "GET", "/metrics")[1].decode()
+    text = metrics_text(port)
     serving = {}
     for labels, value in re.findall(r"^digits_model_info\{([^}]*)\} (\S+)$", text, re.M):
         fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
@@ -101,13 +121,13 @@ def model_info(port: int) -> dict[str, str]:
 
 
 def reload_failures(port: int) -> float:
-    text = request(port, "GET", "/metrics")[1].decode()
+    text = metrics_text(port)
     found = re.search(r'^digits_model_reloads_total\{result="failure"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
 def stop_serve(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGTERM)  # the CLI passes it on to gunicorn
+    process.send_signal(signal.SIGTERM)  # granian stops its workers gracefully
     try:
         return process.wait(40)
     except subprocess.TimeoutExpired:
@@ -117,7 +137,7 @@ def stop_serve(process: subprocess.Popen) -> int:
 
 
 @pytest.mark.slow
-def test_hot_rollover_under_load_with_real_gunicorn(s3_server, make_registry, trained,
+def test_hot_rollover_under_load_with_the_real_server(s3_server, make_registry, trained,
                                                     tiny_dataset, tmp_path):
     registry = make_registry()
     first = promote(registry, trained["baseline"])
@@ -203,7 +223,7 @@ def test_hot_rollover_under_load_with_real_gunicorn(s3_server, make_registry, tr
         ]:
             try:
                 got = request(port, "POST", path, payload, content_type)[0]
-            except OSError:  # gunicorn may close on an oversized body before reading it
+            except OSError:  # an oversized body may be refused before it is all sent
                 got = 413 if status == 413 else 0
             assert got == status, path
         assert set(model_info(port)) == workers

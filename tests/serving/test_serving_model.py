@@ -206,11 +206,11 @@ def test_no_request_mixes_versions_during_swaps(s3_server, make_registry, traine
                                                 tiny_dataset):
     """In-process: threads hammer the app while the pointer flips back and forth.
 
-    With the gthread settings, so concurrent requests also go through the batcher.
+    Four requests at once in the worker, so concurrent requests also go through the batcher.
     """
     registry = make_registry()
     versions = {promote(registry, trained["baseline"]): "baseline"}
-    app, server = make_app(s3_server, registry, worker_class="gthread", threads=4)
+    app, server = make_app(s3_server, registry, threads=4, concurrency=4)
     assert server.model._batcher is not None
     assert server.model.wait_ready(30)
     versions[promote(registry, trained["xgboost"])] = "xgboost"

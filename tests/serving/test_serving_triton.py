@@ -1,4 +1,4 @@
-"""Triton's own v2 client (``tritonclient.http``) against the real server under gunicorn.
+"""Triton's own v2 client (``tritonclient.http``) against the real server (``digits serve``).
 
 An independent implementation of the Open Inference Protocol: it sends no
 Content-Type, uses the binary tensor extension by default and asks for binary
@@ -28,7 +28,7 @@ MODEL = "digits"
 
 @pytest.fixture(scope="module")
 def triton(s3_server, make_registry, trained, tmp_path_factory):
-    """``(client, version, trained model)`` for a gunicorn server serving XGBoost."""
+    """``(client, version, trained model)`` for ``digits serve`` serving XGBoost."""
     registry = make_registry()
     version = promote(registry, trained["xgboost"])
     port = free_port()
@@ -38,7 +38,7 @@ def triton(s3_server, make_registry, trained, tmp_path_factory):
                     DIGITS_BUCKET=registry.bucket, DIGITS_ACCESS_LOG="false")
     process = start_serve(port, env, tmp_path_factory.mktemp("triton") / "serve.log")
     try:
-        # Both gunicorn workers, not just the first to answer, must have loaded the model.
+        # Both workers, not just the first to answer, must have loaded the model.
         wait_for(lambda: set(model_info(port).values()) == {version}
                  and len(model_info(port)) == 2, 60, "both workers to load the model")
         client = tritonhttp.InferenceServerClient(f"127.0.0.1:{port}")
