@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in STAGES.items():
         text = STAGE_HELP.get(name, f"run the {name} stage ({module})")
         sub.add_parser(name, help=text, add_help=False)
-    sub.add_parser("serve", help="start the HTTP model server (gunicorn)", add_help=False)
+    sub.add_parser("serve", help="start the HTTP model server (granian + Flask)", add_help=False)
     sub.add_parser("submit", help="start a run of the compiled pipeline on a KFP cluster",
                    add_help=False)
     sub.add_parser("schedule", help="create or replace a KFP recurring run (scheduled "

@@ -90,7 +90,7 @@ class DigitModel(ABC):
         """Cap the cores one forward pass may use (a server's workers share the machine).
 
         Only XGBoost can change its pool after loading; TensorFlow and BLAS fix
-        theirs at start-up (gunicorn's config sets them through the environment).
+        theirs at start-up (digits serve sets them through the environment).
         """
 
     def save(self, directory: Path, **info: Any) -> list[Path]:

@@ -218,7 +218,7 @@ def s3_environment(settings) -> Iterator[dict[str, str]]:
     An embedded store already running for ``DIGITS_HOME`` is joined; otherwise
     one is started here and stopped on exit. The variables are also placed in
     ``os.environ`` meanwhile, so child processes (KFP's subprocess tasks,
-    gunicorn workers) see the same store.
+    the server's workers) see the same store.
     """
     if settings.s3_configured:
         yield {}

@@ -100,7 +100,7 @@ def granian_server(settings: ServeSettings, *, host: str, port: int):
     from serving.logs import logging_config
 
     return Server(
-        TARGET, factory=True, address=host, port=port, interface=Interfaces.ASGI,
+        TARGET, factory=True, address=host, port=port, interface=Interfaces.RSGI,
         workers=settings.workers, http=HTTPModes.http1, websockets=False, backlog=BACKLOG,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_s * 1000)),
         log_access=False, log_dictconfig=logging_config(settings.log_level),

@@ -58,7 +58,7 @@ def test_metrics_directory(monkeypatch, tmp_path):
     assert Path(directory).is_dir(), "a given directory is left in place"
 
 
-# --------------------------------------------------------------------------- real gunicorn
+# --------------------------------------------------------------------------- the real server
 
 
 def free_port() -> int:
