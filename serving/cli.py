@@ -88,7 +88,7 @@ def serve(settings: ServeSettings, *, host: str, port: int, workers: int | None 
     with contextlib.ExitStack() as stack:
         if not settings.s3_configured:
             # Exports DIGITS_S3_* into os.environ, which the workers inherit.
-            stack.enter_context(s3_environment(settings))
+            stack.enter_context(s3_environment(settings, identity="serving"))
         env = dict(os.environ)
         env[MULTIPROC_ENV] = stack.enter_context(metrics_directory())
         if workers is not None:
