@@ -109,10 +109,13 @@ class FeedbackStore:
         self.registry = registry
 
     def add(self, item: FeedbackItem) -> str:
-        """Store one item under a key of its own (append-only); return the key."""
+        """Store one item under a key of its own (append-only); return the key.
+
+        One ``PUT`` under ``feedback/`` and nothing else, which is all the serving
+        identity may do here (it may not even check that the bucket exists).
+        """
         key = item.key()
-        self.registry.ensure_bucket()
-        self.registry._put(key, json.dumps(asdict(item)).encode(), "application/json")
+        self.registry.append(key, json.dumps(asdict(item)).encode(), "application/json")
         return key
 
     def items(self) -> list[tuple[str, FeedbackItem]]:

@@ -13,6 +13,14 @@ Writes are ordered so that a crash at any point leaves production intact:
 model files first, ``metadata.json`` (with the sha256 of every file) after
 them, then every object is read back and checked, and only then is the
 pointer replaced — a single-object ``PUT``, which S3 makes atomic.
+
+What the bucket holds is not trusted blindly: whoever can write it (a leaked
+credential, a bug) could name a version ``../../x`` or list a file ``/etc/x``
+in a ``metadata.json``. Version names must match :data:`VERSION_NAME` (the
+shape the registry itself gives them) wherever one from outside — the pointer,
+its history, a command line — becomes a key or a path, and a version's file
+names must be plain relative paths, so a download never writes outside its
+destination.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -65,6 +74,39 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: A version's name: what :func:`new_version_id` and :func:`version_name` produce
+#: (``20261124T101500Z-cnn-1a2b3c``, ``<run id>-xgboost``): letters, digits, ``-``
+#: and ``_``, starting with a letter or digit. No dots and no slashes, so a name
+#: can never leave its prefix as a key or its folder as a path.
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def check_version_name(version: object) -> str:
+    """``version`` if it is a well-formed version name, else :class:`RegistryError`."""
+    if not isinstance(version, str) or not VERSION_NAME.fullmatch(version):
+        raise RegistryError(
+            f"refusing version name {version!r}: a version name is letters, digits, '-' "
+            "and '_' (at most 128, starting with a letter or digit)")
+    return version
+
+
+def check_file_name(version: str, name: object) -> str:
+    """A file name from ``version``'s metadata if it is a plain relative path, else refuse.
+
+    Absolute paths, ``..`` (or ``.``) components, empty components, backslashes
+    and control characters are refused: joined onto a folder, such a name could
+    land outside it.
+    """
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if (not isinstance(name, str) or "\\" in name or name.startswith("/")
+            or any(part in ("", ".", "..") for part in parts)
+            or any(ord(char) < 32 or ord(char) == 127 for char in name)):
+        raise RegistryError(
+            f"{version}: refusing file name {name!r} from {METADATA}: files are relative "
+            "paths without '..', '.', empty parts, backslashes or control characters")
+    return name
+
+
 def new_version_id(kind: str) -> str:
     """Sortable, unique, readable: ``20261124T101500Z-cnn-1a2b3c``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -79,7 +121,7 @@ def version_name(metadata: dict[str, Any]) -> str:
     """
     kind = str(metadata.get("kind", "model"))
     run_id = metadata.get("run_id")
-    return f"{run_id}-{kind}" if run_id else new_version_id(kind)
+    return check_version_name(f"{run_id}-{kind}" if run_id else new_version_id(kind))
 
 
 @contextlib.contextmanager
@@ -90,6 +132,43 @@ def open_registry() -> Iterator[Registry]:
 
     with s3_environment(get_settings()):
         yield Registry.from_settings(get_settings())
+
+
+def make_client(settings, *, timeout_s: float | None = None) -> Minio:
+    """A ``minio`` client on the configured store: the only place one is built from settings.
+
+    ``DIGITS_S3_CA_BUNDLE`` (a PEM file) is the CA the store's certificate is
+    checked against, for a store whose certificate a private CA signed (the
+    cluster's own MinIO over TLS); without it, the system's CAs. ``timeout_s``
+    bounds every request and allows a single retry: right for a server's poll
+    loop, which must notice a dead store quickly and try again later, unlike a
+    pipeline step (minio's defaults: minutes, five retries).
+    """
+    http = None
+    ca_bundle = getattr(settings, "s3_ca_bundle", None)
+    if timeout_s is not None or ca_bundle is not None:
+        import urllib3
+
+        if timeout_s is None:  # minio-py's own defaults, only the CA changes
+            timeout = urllib3.Timeout(connect=300, read=300)
+            retries = urllib3.Retry(total=5, backoff_factor=0.2,
+                                    status_forcelist=[500, 502, 503, 504])
+            maxsize = 10
+        else:
+            timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
+            retries = urllib3.Retry(total=1, backoff_factor=0.2,
+                                    status_forcelist=[500, 502, 503, 504])
+            maxsize = 4
+        tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": str(ca_bundle)} if ca_bundle else {}
+        http = urllib3.PoolManager(timeout=timeout, retries=retries, maxsize=maxsize, **tls)
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region or "us-east-1",
+        http_client=http,
+    )
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -127,46 +206,41 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings, *, timeout_s: float | None = None) -> Registry:
-        """A registry on the configured store.
-
-        ``timeout_s`` bounds every request and allows a single retry: right
-        for a server's poll loop, which must notice a dead store quickly and
-        try again later, unlike a pipeline step (minio's defaults: minutes).
-        """
+        """A registry on the configured store (``timeout_s``: see :func:`make_client`)."""
         if not settings.s3_configured:
             raise RegistryError(
                 "no S3 store configured: set DIGITS_S3_ENDPOINT, DIGITS_S3_ACCESS_KEY "
                 "and DIGITS_S3_SECRET_KEY (digits run/serve start an embedded one)"
             )
-        http = None
-        if timeout_s is not None:
-            import urllib3
-
-            http = urllib3.PoolManager(
-                timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-                retries=urllib3.Retry(total=1, backoff_factor=0.2,
-                                      status_forcelist=[500, 502, 503, 504]),
-                maxsize=4,
-            )
-        client = Minio(
-            settings.s3_endpoint,
-            access_key=settings.s3_access_key.get_secret_value(),
-            secret_key=settings.s3_secret_key.get_secret_value(),
-            secure=settings.s3_secure,
-            region=settings.s3_region or "us-east-1",
-            http_client=http,
-        )
-        return cls(client, settings.bucket)
+        return cls(make_client(settings, timeout_s=timeout_s), settings.bucket)
 
     # ------------------------------------------------------------------ low level
 
     def ensure_bucket(self) -> None:
+        """Make the bucket if it is missing (needs bucket rights: the pipeline's, not serving's)."""
         if not self.client.bucket_exists(self.bucket):
             self.client.make_bucket(self.bucket)
 
     def _put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                content_type=content_type)
+
+    def append(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+               ) -> None:
+        """Write one new object, making the bucket only if the store says it is missing.
+
+        The serving identity may write ``feedback/`` and ``submissions/`` but may
+        not even ask whether the bucket exists, so the common case asks nothing
+        first; a first write into a fresh registry (tests, a new laptop) still
+        works for an identity allowed to make the bucket.
+        """
+        try:
+            self._put(key, data, content_type)
+        except S3Error as error:
+            if error.code != "NoSuchBucket":
+                raise
+            self.ensure_bucket()
+            self._put(key, data, content_type)
 
     def read(self, key: str) -> bytes | None:
         """The raw bytes of one object, or ``None`` if it does not exist."""
@@ -202,11 +276,12 @@ class Registry:
         files = _files_under(model_dir)
         if not files:
             raise RegistryError(f"{model_dir}: nothing to publish")
-        version = version or version_name(metadata)
+        version = (check_version_name(version) if version is not None
+                   else version_name(metadata))
         self.ensure_bucket()
         manifest = {}
         for path in files:
-            rel = path.relative_to(model_dir).as_posix()
+            rel = check_file_name(version, path.relative_to(model_dir).as_posix())
             data = path.read_bytes()
             manifest[rel] = {"sha256": sha256_bytes(data), "bytes": len(data)}
             self._put(f"{status}/{version}/{rel}", data)
@@ -343,17 +418,55 @@ class Registry:
         return self._metadata(version)[0]
 
     def _metadata(self, version: str) -> tuple[dict[str, Any], bytes]:
-        """A version's metadata and its exact bytes (what the pointer's sha256 covers)."""
+        """A version's metadata and its exact bytes (what the pointer's sha256 covers).
+
+        The metadata must describe the version it was found as: a ``metadata.json``
+        naming another version or status (whose files would then be read, or
+        written, somewhere else) is refused.
+        """
+        check_version_name(version)
         for status in STATUSES:
-            raw = self.read(f"{status}/{version}/{METADATA}")
+            try:
+                raw = self.read(f"{status}/{version}/{METADATA}")
+            except S3Error as error:
+                # The serving identity may not read failed/: for it, only versions/ exist.
+                if status == FAILED and error.code == "AccessDenied":
+                    break
+                raise
             if raw is not None:
-                return json.loads(raw), raw
+                return self._checked_metadata(version, status, raw), raw
         raise RegistryError(f"no version {version!r} in the registry")
 
+    @staticmethod
+    def _checked_metadata(version: str, status: str, raw: bytes) -> dict[str, Any]:
+        try:
+            metadata = json.loads(raw)
+        except ValueError as error:
+            raise RegistryError(f"{version}: {METADATA} is unreadable ({error})") from None
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("files"), dict):
+            raise RegistryError(f"{version}: {METADATA} has no 'files' table")
+        if metadata.get("version") != version or metadata.get("status") != status:
+            raise RegistryError(
+                f"{version}: {METADATA} under {status}/ describes "
+                f"{metadata.get('status')!r}/{metadata.get('version')!r}; refusing it")
+        for name, expected in metadata["files"].items():
+            check_file_name(version, name)
+            if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
+                raise RegistryError(f"{version}: {METADATA} gives no sha256 for {name!r}")
+        return metadata
+
     def _checked_files(self, metadata: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
-        """Each file of a version as ``(relative path, bytes)``, its sha256 checked first."""
-        version = metadata["version"]
+        """Each file of a version as ``(relative path, bytes)``, its sha256 checked first.
+
+        Every name is checked before anything is read, so a hostile entry stops
+        the download before it starts.
+        """
+        version = check_version_name(metadata["version"])
+        if metadata["status"] not in STATUSES:
+            raise RegistryError(f"{version}: unknown status {metadata['status']!r}")
         prefix = f"{metadata['status']}/{version}"
+        for rel in metadata["files"]:
+            check_file_name(version, rel)
         for rel, expected in metadata["files"].items():
             data = self.read(f"{prefix}/{rel}")
             if data is None:
@@ -374,6 +487,9 @@ class Registry:
         for status in STATUSES:
             for obj in self.client.list_objects(self.bucket, prefix=f"{status}/"):
                 version = obj.object_name.rstrip("/").split("/")[1]
+                if not VERSION_NAME.fullmatch(version):
+                    log.warning("ignoring %s/%r: not a version name", status, version)
+                    continue
                 raw = self.read(f"{status}/{version}/{METADATA}")
                 if raw is None:  # an upload that never finished: not a version
                     continue
@@ -398,6 +514,7 @@ class Registry:
         written (a version replaced under the same name is refused), every file
         to its own checksum, and the metadata must not change during the download.
         """
+        check_version_name(pointer.version)
         raw = self.read(f"{VERSIONS}/{pointer.version}/{METADATA}")
         if raw is None:
             raise RegistryError(f"{pointer.version}: no {METADATA} under {VERSIONS}/")
@@ -413,9 +530,12 @@ class Registry:
 
     def run_version(self, run_id: str) -> str | None:
         """The version a pipeline run registered (promoted or rejected), if it finished."""
+        check_version_name(run_id)
         for status in STATUSES:
             for obj in self.client.list_objects(self.bucket, prefix=f"{status}/{run_id}-"):
                 version = obj.object_name.rstrip("/").split("/")[1]
+                if not VERSION_NAME.fullmatch(version):
+                    continue
                 raw = self.read(f"{status}/{version}/{METADATA}")
                 if raw is not None and json.loads(raw).get("run_id") == run_id:
                     return version
@@ -449,28 +569,37 @@ class Registry:
 
         The key is ``submissions/<UTC stamp>-<version>/``; the record gains the
         file's sha256 and size and its own key. ``record.json`` goes up last,
-        so a listed submission always has its file.
+        so a listed submission always has its file. Only writes under
+        ``submissions/``: the serving identity (the Kaggle job's) may do it.
         """
         data = Path(file).read_bytes()
-        self.ensure_bucket()
+        version = record.get("version")
+        if version is not None:
+            check_version_name(version)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        key = f"{SUBMISSIONS}/{stamp}-{record.get('version') or 'unversioned'}"
+        key = f"{SUBMISSIONS}/{stamp}-{version or 'unversioned'}"
         record = {**record, "key": key, "archived_at": utcnow(),
                   "sha256": sha256_bytes(data), "bytes": len(data)}
-        self._put(f"{key}/{SUBMISSION_FILE}", data, "text/csv")
-        self._put(f"{key}/{SUBMISSION_RECORD}",
-                  json.dumps(record, indent=2, default=str).encode(), "application/json")
+        self.append(f"{key}/{SUBMISSION_FILE}", data, "text/csv")
+        self.append(f"{key}/{SUBMISSION_RECORD}",
+                    json.dumps(record, indent=2, default=str).encode(), "application/json")
         return record
 
     def submissions(self) -> list[dict[str, Any]]:
-        """Every archived submission's record, newest first."""
+        """Every archived submission's record, newest first.
+
+        Lists ``submissions/`` only (no bucket-level call), which the serving
+        identity may do: ``digits kaggle list`` runs with the Kaggle job's rights.
+        """
         records: list[dict[str, Any]] = []
-        if not self.client.bucket_exists(self.bucket):
-            return records
-        for obj in self.client.list_objects(self.bucket, prefix=f"{SUBMISSIONS}/"):
-            raw = self.read(f"{obj.object_name.rstrip('/')}/{SUBMISSION_RECORD}")
-            if raw is not None:  # an upload that never finished: not a submission
-                records.append(json.loads(raw))
+        try:
+            for obj in self.client.list_objects(self.bucket, prefix=f"{SUBMISSIONS}/"):
+                raw = self.read(f"{obj.object_name.rstrip('/')}/{SUBMISSION_RECORD}")
+                if raw is not None:  # an upload that never finished: not a submission
+                    records.append(json.loads(raw))
+        except S3Error as error:
+            if error.code != "NoSuchBucket":
+                raise
         return sorted(records, key=lambda record: record["key"], reverse=True)
 
     def download(self, version: str, destination: Path) -> dict[str, Any]:
@@ -486,6 +615,10 @@ class Registry:
         try:
             for rel, data in self._checked_files(metadata):
                 target = staging / rel
+                # Names were checked already; this holds even if that check had a gap.
+                if not target.resolve().is_relative_to(staging.resolve()):
+                    raise RegistryError(f"{version}: file {rel!r} would land outside "
+                                        "the download folder")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             (staging / METADATA).write_text(json.dumps(metadata, indent=2))

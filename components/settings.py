@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,11 @@ class StoreSettings(BaseSettings):
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = False
+    s3_ca_bundle: FilePath | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the S3 store's certificate (a private "
+                    "CA); unset means the system's CAs. Only used with DIGITS_S3_SECURE=true.",
+    )
     s3_region: str | None = None
     bucket: str = "digits-registry"
 

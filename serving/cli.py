@@ -114,7 +114,7 @@ def serve(settings: ServeSettings, *, host: str, port: int) -> int:
     with contextlib.ExitStack() as stack:
         if not settings.s3_configured:
             # Exports DIGITS_S3_* into os.environ, which the workers inherit.
-            stack.enter_context(s3_environment(settings))
+            stack.enter_context(s3_environment(settings, identity="serving"))
         os.environ[MULTIPROC_ENV] = stack.enter_context(metrics_directory())
         os.environ["DIGITS_RATE_LIMIT_STORAGE"] = stack.enter_context(
             shared_rate_limits(settings))

@@ -23,12 +23,19 @@ KAGGLE_DIR = MNIST_DIR.parent / "kaggle"
 
 
 #: The credentials files git ignores in manifests/ (an ``.example`` of each is committed).
-MANIFEST_ENV_FILES = ("base/s3.env", "components/kaggle-submit/kaggle.env",
-                      "overlays/kubeflow/pipeline.env")
+MANIFEST_ENV_FILES = ("base/s3.env", "base/serving-s3.env",
+                      "components/kaggle-submit/kaggle.env", "overlays/kubeflow/pipeline.env",
+                      "overlays/standalone/minio-root.env")
 #: What the tests fill them with.
 TEST_CREDENTIALS = {"DIGITS_S3_ACCESS_KEY": "test-access-key",
                     "DIGITS_S3_SECRET_KEY": "test-secret-key",
-                    "KAGGLE_USERNAME": "test-user", "KAGGLE_KEY": "test-kaggle-key"}
+                    "KAGGLE_USERNAME": "test-user", "KAGGLE_KEY": "test-kaggle-key",
+                    "MINIO_ROOT_USER": "test-minio-root",
+                    "MINIO_ROOT_PASSWORD": "test-minio-root-password"}
+#: Files whose values must differ from :data:`TEST_CREDENTIALS` (another identity's keys).
+TEST_CREDENTIALS_BY_FILE = {"base/serving-s3.env": {
+    "DIGITS_S3_ACCESS_KEY": "test-serving-access-key",
+    "DIGITS_S3_SECRET_KEY": "test-serving-secret-key"}}
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +49,8 @@ def manifests_dir(tmp_path_factory) -> Path:
         example = (copy / f"{relative}.example").read_text()
         keys = [line.split("=")[0] for line in example.splitlines()
                 if line and not line.startswith("#")]
-        (copy / relative).write_text("".join(f"{k}={TEST_CREDENTIALS[k]}\n" for k in keys))
+        values = {**TEST_CREDENTIALS, **TEST_CREDENTIALS_BY_FILE.get(relative, {})}
+        (copy / relative).write_text("".join(f"{k}={values[k]}\n" for k in keys))
     return copy
 
 

@@ -26,15 +26,24 @@ import yaml
 
 from components.images import SERVE_IMAGE, TRAIN_IMAGE
 from components.settings import Settings
-from tests.conftest import MANIFEST_ENV_FILES, ROOT, TEST_CREDENTIALS, missing_prerequisite
+from tests.conftest import (
+    MANIFEST_ENV_FILES,
+    ROOT,
+    TEST_CREDENTIALS,
+    TEST_CREDENTIALS_BY_FILE,
+    missing_prerequisite,
+)
 
 MANIFESTS = ROOT / "manifests"
 NAMESPACE = "digits"
 #: Oldest Kubernetes the manifests target (CronJob timeZone is GA from 1.27), and the newest.
 K8S_VERSIONS = ("1.28.0", "latest")
 SECRET_NAME_RE = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL)", re.IGNORECASE)
-#: The only images not built from this repository (overlays/standalone's MinIO), pinned.
-THIRD_PARTY_IMAGES = ("quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z",)
+#: The only images not built from this repository (overlays/standalone's MinIO and the
+#: ``mc`` client its setup Job runs), pinned.
+MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
+MC_IMAGE = "quay.io/minio/mc:RELEASE.2025-04-16T18-13-26Z"
+THIRD_PARTY_IMAGES = (MINIO_IMAGE, MC_IMAGE)
 #: Objects the kubeflow overlay puts where pipeline runs execute, not in `digits`.
 PIPELINE_NAMESPACE_OBJECTS = {("ConfigMap", "kfp-launcher"), ("ConfigMap", "digits-config"),
                               ("Secret", "digits-s3")}
@@ -101,10 +110,23 @@ def kubeflow(manifests_dir) -> list[dict[str, Any]]:
     return kustomize(manifests_dir / "overlays" / "kubeflow")
 
 
+@pytest.fixture(scope="module")
+def standalone_tls(manifests_dir) -> list[dict[str, Any]]:
+    """overlays/standalone with the optional components/minio-tls, as the README shows."""
+    overlay = manifests_dir / "test-standalone-tls"
+    overlay.mkdir(exist_ok=True)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../overlays/standalone"], "components": ["../components/minio-tls"]}))
+    return kustomize(overlay)
+
+
 ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow")
+#: What a user can render: every entry point, and standalone with TLS.
+RENDERINGS = (*ENTRY_POINTS, "standalone_tls")
 
 
-@pytest.fixture(scope="module", params=ENTRY_POINTS)
+@pytest.fixture(scope="module", params=RENDERINGS)
 def rendered(request) -> list[dict[str, Any]]:
     """Each renderable entry point in turn: every policy holds for all of them."""
     return request.getfixturevalue(request.param)
@@ -136,12 +158,14 @@ def checkov() -> str:
 
 
 @pytest.fixture(scope="module")
-def policy_scan(base, kaggle, standalone, kubeflow, tmp_path_factory) -> dict[str, Any]:
+def policy_scan(base, kaggle, standalone, kubeflow, standalone_tls,
+                tmp_path_factory) -> dict[str, Any]:
     """One checkov run over every rendered entry point and the known-bad pod."""
     directory = tmp_path_factory.mktemp("policy")
     files = []
     for name, docs in {"base": base, "kaggle": kaggle, "standalone": standalone,
-                       "kubeflow": kubeflow, "known-bad": [KNOWN_BAD]}.items():
+                       "kubeflow": kubeflow, "standalone-tls": standalone_tls,
+                       "known-bad": [KNOWN_BAD]}.items():
         files += ["-f", str(directory / f"{name}.yaml")]
         (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
     proc = subprocess.run(
@@ -273,17 +297,21 @@ def test_base_renders_the_expected_objects(base):
         ("Namespace", "digits"),
         ("ConfigMap", "digits-config"),
         ("Secret", "digits-s3"),
+        ("Secret", "digits-s3-serving"),
         ("ServiceAccount", "digits-serving"),
         ("ServiceAccount", "digits-retrain"),
+        ("ServiceAccount", "digits-feedback-purge"),
         ("Deployment", "digits-serving"),
         ("Service", "digits-serving"),
         ("PodDisruptionBudget", "digits-serving"),
         ("HorizontalPodAutoscaler", "digits-serving"),
         ("CronJob", "digits-retrain"),
+        ("CronJob", "digits-feedback-purge"),
         ("NetworkPolicy", "default-deny"),
         ("NetworkPolicy", "allow-dns"),
         ("NetworkPolicy", "digits-serving"),
         ("NetworkPolicy", "digits-retrain"),
+        ("NetworkPolicy", "digits-feedback-purge"),
     }
 
 
@@ -411,8 +439,12 @@ def test_each_workload_uses_the_right_image(rendered):
     images = {where.rsplit("/", 1)[0]: c["image"] for where, _, c in containers(rendered)}
     assert images["Deployment/digits-serving"] == SERVE_IMAGE
     assert images["CronJob/digits-retrain"] == TRAIN_IMAGE
+    assert images["CronJob/digits-feedback-purge"] == TRAIN_IMAGE
     if "Job/digits-kaggle-submit" in images:
         assert images["Job/digits-kaggle-submit"] == SERVE_IMAGE
+    if "StatefulSet/digits-minio" in images:
+        assert images["StatefulSet/digits-minio"] == MINIO_IMAGE
+        assert images["Job/digits-minio-setup"] == MC_IMAGE
 
 
 def test_manifests_run_as_the_images_user(rendered):
@@ -462,13 +494,47 @@ def test_secrets_are_referenced_never_inlined(rendered):
             assert "secretRef" not in source, f"{where}: name Secret keys one by one"
 
 
-def test_s3_credentials_come_from_the_digits_s3_secret(base):
-    _, _, server = next(x for x in containers(base) if x[0].startswith("Deployment/"))
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"] if "valueFrom" in e}
-    for key in ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY"):
-        assert refs[key] == {"name": "digits-s3", "key": key}
-    assert secret_values(base, "digits-s3") == {
-        key: TEST_CREDENTIALS[key] for key in ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")}
+S3_KEYS = ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")
+#: Which storage identity each workload runs as (manifests/README.md, "Storage identities").
+S3_SECRET_OF = {"Deployment/digits-serving": "digits-s3-serving",
+                "Job/digits-kaggle-submit": "digits-s3-serving",
+                "CronJob/digits-feedback-purge": "digits-s3",
+                "CronJob/digits-retrain": None}  # it only talks to the KFP API
+
+
+def secret_refs(container: dict) -> dict[str, dict[str, str]]:
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_each_workload_runs_as_its_own_storage_identity(rendered):
+    """Serving pods and the Kaggle Job: the serving identity; the purge: the pipeline's."""
+    for where, _, c in containers(rendered):
+        workload = where.rsplit("/", 1)[0]
+        refs = secret_refs(c)
+        if workload in S3_SECRET_OF:
+            expected = S3_SECRET_OF[workload]
+            got = {refs[key]["name"] for key in S3_KEYS} if expected else set()
+            assert got == ({expected} if expected else set()), where
+            if expected:
+                assert all(refs[key]["key"] == key for key in S3_KEYS), where
+        else:  # MinIO and its setup Job: never DIGITS_S3_* (they are not registry clients)
+            assert not set(S3_KEYS) & set(refs), where
+
+
+def test_the_two_identities_have_separate_credentials(base):
+    pipeline, serving = secret_values(base, "digits-s3"), secret_values(base, "digits-s3-serving")
+    assert pipeline == {key: TEST_CREDENTIALS[key] for key in S3_KEYS}
+    assert serving == TEST_CREDENTIALS_BY_FILE["base/serving-s3.env"]
+    assert pipeline["DIGITS_S3_ACCESS_KEY"] != serving["DIGITS_S3_ACCESS_KEY"]
+
+
+def test_minios_root_credentials_reach_only_minio_and_its_setup_job(rendered):
+    users = {where.rsplit("/", 1)[0] for where, _, c in containers(rendered)
+             if any(ref["name"] == "digits-minio-root" for ref in secret_refs(c).values())}
+    standalone = any(d["metadata"]["name"] == "digits-minio" for d in rendered)
+    assert users == ({"StatefulSet/digits-minio", "Job/digits-minio-setup"} if standalone
+                     else set())
 
 
 def test_configmap_holds_real_settings(rendered):
@@ -524,13 +590,15 @@ def test_serving_deployment_runs_the_server(base):
     deployment = find(base, "Deployment", "digits-serving")
     [server] = pod_spec(deployment)["containers"]
     assert server["command"] == ["digits", "serve", "--port", "8080"]
-    assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"http": 8080}
+    # Prometheus metrics on a port of their own (DIGITS_METRICS_PORT's default, 9090).
+    assert {p["name"]: p["containerPort"] for p in server["ports"]} == {
+        "http": 8080, "metrics": 9090}
     assert deployment["spec"]["replicas"] == 2
     assert pod_spec(deployment)["automountServiceAccountToken"] is False
     find(base, "ServiceAccount", pod_spec(deployment)["serviceAccountName"])
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
-    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/port"] == "9090"
 
 
 def _port(container: dict, port: int | str) -> int:
@@ -683,8 +751,15 @@ def test_only_the_server_accepts_traffic_and_only_on_its_port(rendered):
             assert ingress == [], obj["metadata"]["name"]
             continue
         [server] = pod_spec(obj)["containers"]
-        [http] = [port for port in server["ports"] if port["name"] == "http"]
-        assert ingress == [{"ports": [{"protocol": "TCP", "port": http["containerPort"]}]}]
+        ports = {port["name"]: port["containerPort"] for port in server["ports"]}
+        assert ingress == [
+            # users: the API port, from anywhere
+            {"ports": [{"protocol": "TCP", "port": ports["http"]}]},
+            # metrics: Prometheus in the `monitoring` namespace only
+            {"from": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "monitoring"}}}],
+             "ports": [{"protocol": "TCP", "port": ports["metrics"]}]},
+        ]
 
 
 def test_egress_matches_where_each_workload_must_go(rendered):
@@ -709,13 +784,16 @@ def test_egress_matches_where_each_workload_must_go(rendered):
 # --------------------------------------------------------------------------- overlays
 
 
-def test_standalone_runs_its_own_minio_with_the_registry_credentials(standalone):
+def test_standalone_runs_its_own_minio_with_a_root_account_of_its_own(standalone):
     minio = find(standalone, "StatefulSet", "digits-minio")
     [container] = pod_spec(minio)["containers"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
            if "valueFrom" in e}
-    assert env == {"MINIO_ROOT_USER": {"name": "digits-s3", "key": "DIGITS_S3_ACCESS_KEY"},
-                   "MINIO_ROOT_PASSWORD": {"name": "digits-s3", "key": "DIGITS_S3_SECRET_KEY"}}
+    assert env == {
+        "MINIO_ROOT_USER": {"name": "digits-minio-root", "key": "MINIO_ROOT_USER"},
+        "MINIO_ROOT_PASSWORD": {"name": "digits-minio-root", "key": "MINIO_ROOT_PASSWORD"}}
+    assert secret_values(standalone, "digits-minio-root") == {
+        key: TEST_CREDENTIALS[key] for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")}
     assert container["readinessProbe"]["httpGet"]["path"] == "/minio/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/minio/health/live"
     [claim] = minio["spec"]["volumeClaimTemplates"]
@@ -741,3 +819,174 @@ def test_kubeflow_overlay_gives_pipeline_runs_the_same_settings_and_a_minio_root
 
     assert set(secret["data"]) == set(S3_SECRET_KEYS)
     assert set(theirs) == set(S3_CONFIG_KEYS)
+
+
+# --------------------------------------------------------------------------- storage identities
+
+
+def test_feedback_purge_runs_daily_as_the_pipeline_identity(base):
+    cron = find(base, "CronJob", "digits-feedback-purge")
+    assert cron_valid(cron["spec"]["schedule"]) and cron["spec"]["schedule"].split()[2:] == [
+        "*", "*", "*"], "daily"
+    zoneinfo.ZoneInfo(cron["spec"]["timeZone"])
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = pod_spec(cron)
+    [purge] = spec["containers"]
+    assert purge["command"] == ["digits", "feedback", "purge", "--older-than", "30d"]
+    from components.feedback import parser
+
+    parsed = parser().parse_args(purge["command"][2:])  # the real CLI accepts it
+    assert parsed.verb == "purge" and parsed.older_than.days == 30
+    assert {ref["name"] for ref in secret_refs(purge).values()} == {"digits-s3"}
+    # The retraining CronJob's security settings, word for word.
+    retrain = pod_spec(find(base, "CronJob", "digits-retrain"))
+    assert spec["securityContext"] == retrain["securityContext"]
+    assert purge["securityContext"] == retrain["containers"][0]["securityContext"]
+    assert spec["automountServiceAccountToken"] is False
+    assert find(base, "ServiceAccount", spec["serviceAccountName"])[
+        "automountServiceAccountToken"] is False
+
+
+def setup_files(standalone) -> dict[str, str]:
+    """What the setup Job sees at /setup: the ConfigMap's files."""
+    job = find(standalone, "Job", "digits-minio-setup")
+    [volume] = [v for v in pod_spec(job)["volumes"] if "configMap" in v]
+    return find(standalone, "ConfigMap", volume["configMap"]["name"])["data"]
+
+
+def test_minio_setup_job_makes_the_bucket_and_both_identities(standalone):
+    job = find(standalone, "Job", "digits-minio-setup")
+    [setup] = pod_spec(job)["containers"]
+    assert setup["image"] == MC_IMAGE
+    assert setup["command"] == ["/bin/sh", "/setup/minio-setup.sh"]
+    mounts = {m["mountPath"]: m for m in setup["volumeMounts"]}
+    assert mounts["/setup"]["readOnly"] is True
+    refs = {name: (ref["name"], ref["key"]) for name, ref in secret_refs(setup).items()}
+    assert refs == {
+        "MINIO_ROOT_USER": ("digits-minio-root", "MINIO_ROOT_USER"),
+        "MINIO_ROOT_PASSWORD": ("digits-minio-root", "MINIO_ROOT_PASSWORD"),
+        "PIPELINE_ACCESS_KEY": ("digits-s3", "DIGITS_S3_ACCESS_KEY"),
+        "PIPELINE_SECRET_KEY": ("digits-s3", "DIGITS_S3_SECRET_KEY"),
+        "SERVING_ACCESS_KEY": ("digits-s3-serving", "DIGITS_S3_ACCESS_KEY"),
+        "SERVING_SECRET_KEY": ("digits-s3-serving", "DIGITS_S3_SECRET_KEY")}
+    # Its network: MinIO's S3 port, nothing else (and nothing reaches it).
+    [own] = [p for p in policies_for(standalone, pod_labels(job)) if p["spec"]["podSelector"]]
+    [rule] = own["spec"]["egress"]
+    minio = find(standalone, "StatefulSet", "digits-minio")
+    assert rule["to"][0]["podSelector"]["matchLabels"].items() <= pod_labels(minio).items()
+    files = setup_files(standalone)
+    assert set(files) == {"minio-setup.sh", "digits-pipeline.json", "digits-serving.json"}
+    subprocess.run(["sh", "-n"], input=files["minio-setup.sh"], text=True, check=True)
+
+
+def test_the_committed_policies_are_the_codes(standalone):
+    """MinIO gets exactly the rights the embedded store enforces in the tests."""
+    from components.identities import IDENTITIES, POLICY_DIR, policy_json, policy_name
+
+    bucket = find(standalone, "ConfigMap", "digits-config")["data"]["DIGITS_BUCKET"]
+    files = setup_files(standalone)
+    for identity in IDENTITIES:
+        name = f"{policy_name(identity)}.json"
+        expected = policy_json(identity, [bucket])
+        assert (ROOT / POLICY_DIR / name).read_text() == expected, (
+            f"{name} is stale: python -m components.identities")
+        assert files[name] == expected
+    serving = json.loads(files["digits-serving.json"])
+    actions = {action for statement in serving["Statement"] for action in statement["Action"]}
+    assert actions == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}  # no delete, no '*'
+    writable = {resource for statement in serving["Statement"]
+                if "s3:PutObject" in statement["Action"] for resource in statement["Resource"]}
+    assert writable == {f"arn:aws:s3:::{bucket}/feedback/*", f"arn:aws:s3:::{bucket}/submissions/*"}
+
+
+STAND_IN_MC = r"""#!/bin/sh
+# A stand-in for MinIO's `mc`: logs its arguments; `admin policy attach` fails the way
+# MinIO does when the policy is attached already.
+echo "$*" >> "$MC_LOG"
+case "$*" in
+    *"admin policy attach"*)
+        state="$MC_STATE/$(echo "$*" | tr ' /' '__')"
+        if [ -e "$state" ]; then
+            echo "mc: <ERROR> Unable to attach policy: The specified policy change" \
+                 "is already in effect." >&2
+            exit 1
+        fi
+        : > "$state" ;;
+esac
+"""
+
+
+def run_setup(tmp_path: Path, files: dict[str, str], **overrides: str):
+    setup, bin_dir, state = tmp_path / "setup", tmp_path / "bin", tmp_path / "state"
+    for directory in (setup, bin_dir, state):
+        directory.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (setup / name).write_text(text)
+    (bin_dir / "mc").write_text(STAND_IN_MC)
+    (bin_dir / "mc").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MC_LOG": str(tmp_path / "mc.log"),
+           "MC_STATE": str(state), "DIGITS_BUCKET": "digits-registry",
+           "DIGITS_S3_ENDPOINT": "digits-minio.digits.svc.cluster.local:9000",
+           "DIGITS_S3_SECURE": "false", "MINIO_ROOT_USER": "root",
+           "MINIO_ROOT_PASSWORD": "root-password", "PIPELINE_ACCESS_KEY": "pipeline",
+           "PIPELINE_SECRET_KEY": "pipeline-secret", "SERVING_ACCESS_KEY": "serving",
+           "SERVING_SECRET_KEY": "serving-secret", **overrides}
+    return subprocess.run(["sh", str(setup / "minio-setup.sh")], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_the_setup_script_is_idempotent(standalone, tmp_path):
+    files = setup_files(standalone)
+    first = run_setup(tmp_path, files)
+    assert first.returncode == 0, first.stderr
+    calls = (tmp_path / "mc.log").read_text().splitlines()
+    setup = tmp_path / "setup"
+    assert [call.split(" ", 2)[2] for call in calls] == [
+        "alias set digits http://digits-minio.digits.svc.cluster.local:9000 root root-password",
+        "mb --ignore-existing digits/digits-registry",
+        f"admin policy create digits digits-pipeline {setup}/digits-pipeline.json",
+        f"admin policy create digits digits-serving {setup}/digits-serving.json",
+        "admin user add digits pipeline pipeline-secret",
+        "admin user add digits serving serving-secret",
+        "admin policy attach digits digits-pipeline --user pipeline",
+        "admin policy attach digits digits-serving --user serving",
+    ]
+    again = run_setup(tmp_path, files)  # re-applied: everything already there
+    assert again.returncode == 0, again.stderr
+    assert "already attached" in again.stdout
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"SERVING_ACCESS_KEY": "pipeline"}, "must hold different access keys"),
+    ({"PIPELINE_ACCESS_KEY": "root"}, "uses MinIO's root user"),
+    ({"DIGITS_BUCKET": "another-bucket"}, "does not name bucket another-bucket"),
+])
+def test_the_setup_script_refuses_a_bad_configuration(standalone, tmp_path, overrides,
+                                                      message):
+    result = run_setup(tmp_path, setup_files(standalone), **overrides)
+    assert result.returncode == 1 and message in result.stderr
+    assert not (tmp_path / "mc.log").exists(), "nothing was changed"
+
+
+def test_minio_tls_component_serves_tls_and_clients_trust_its_ca(standalone_tls):
+    config = find(standalone_tls, "ConfigMap", "digits-config")["data"]
+    assert config["DIGITS_S3_SECURE"] == "true"
+    bundle = Path(config["DIGITS_S3_CA_BUNDLE"])
+    minio = find(standalone_tls, "StatefulSet", "digits-minio")
+    [server] = pod_spec(minio)["containers"]
+    certs = server["args"][server["args"].index("--certs-dir") + 1]
+    tls = next(v for v in pod_spec(minio)["volumes"] if v["name"] == "tls")
+    assert {item["path"] for item in tls["secret"]["items"]} == {"public.crt", "private.key"}
+    assert any(m["mountPath"] == certs and m["name"] == "tls" for m in server["volumeMounts"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"]["scheme"] == "HTTPS"
+    # Every registry client (and the setup Job's mc) finds the CA where the setting says.
+    for where, spec, c in containers(standalone_tls):
+        if where.startswith(("StatefulSet/", "CronJob/digits-retrain")):
+            continue
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(bundle.parent))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["configMap"]["name"] == "digits-s3-ca", where
+    job = find(standalone_tls, "Job", "digits-minio-setup")
+    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    assert env["SSL_CERT_FILE"] == str(bundle)

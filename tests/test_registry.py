@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -220,3 +221,135 @@ def test_manual_operations_race_safely_too(registry, model_dir):
     with pytest.raises(ProductionMoved):  # operator B acted on what they read before A
         registry._point(second, b"{}", "operator B", current, etag)
     assert registry.production().version == first
+
+
+# --------------------------------------------------------------------------- hostile contents
+# Whoever can write the bucket (a leaked credential, a bug) must not be able to make a
+# download write outside its folder, nor make a version name reach another prefix.
+
+
+def _plant(registry, minio_client, version: str, files: dict, *, status: str = "versions",
+           named: str | None = None) -> bytes:
+    """Write a crafted ``metadata.json`` straight into the bucket (root credentials)."""
+    registry.ensure_bucket()
+    raw = json.dumps({"version": named or version, "status": status, "kind": "baseline",
+                      "files": files}).encode()
+    minio_client.put_object(registry.bucket, f"{status}/{version}/metadata.json",
+                            io.BytesIO(raw), len(raw))
+    return raw
+
+
+def _planted_file(registry, minio_client, version: str, name: str, data: bytes) -> dict:
+    minio_client.put_object(registry.bucket, f"versions/{version}/{name}", io.BytesIO(data),
+                            len(data))
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _tree(root) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["../../evil", "/etc/x", "a/../../evil", "..", "a\\..\\evil",
+                                  "", "a//b", "./a", "a/./b", "ok\x00.txt"])
+def test_a_file_name_leaving_the_download_folder_is_refused(registry, minio_client, tmp_path,
+                                                            name):
+    version = "20261203T120000Z-baseline-abc123"
+    good = _planted_file(registry, minio_client, version, "model.json", b"{}")
+    # The hostile file really exists in the bucket under that name, with its right sha256.
+    hostile = _planted_file(registry, minio_client, version, "x", b"owned")
+    _plant(registry, minio_client, version, {"model.json": good, name: hostile})
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(RegistryError, match="refusing file name"):
+        registry.download(version, work / "deep" / "model")
+    assert _tree(tmp_path) == {"work"}  # nothing written, not even a staging folder
+    with pytest.raises(RegistryError, match="refusing file name"):
+        registry.verify(version)
+
+
+def test_a_planted_absolute_path_is_refused_before_any_read(registry, minio_client, tmp_path):
+    target = tmp_path / "outside" / "x"
+    version = "20261203T120000Z-baseline-def456"
+    _plant(registry, minio_client, version,
+           {str(target): {"sha256": hashlib.sha256(b"owned").hexdigest(), "bytes": 5}})
+    with pytest.raises(RegistryError, match="refusing file name"):
+        registry.download(version, tmp_path / "download")
+    assert not target.exists() and not (tmp_path / "download").exists()
+
+
+def test_metadata_naming_another_version_is_refused(registry, minio_client, tmp_path):
+    """A metadata.json whose 'version' says ``../x`` would move the files' prefix."""
+    version = "20261203T120000Z-baseline-0a0b0c"
+    good = _planted_file(registry, minio_client, version, "model.json", b"{}")
+    for named in ("../x", "20261203T120000Z-baseline-ffffff"):
+        _plant(registry, minio_client, version, {"model.json": good}, named=named)
+        with pytest.raises(RegistryError, match="refusing it"):
+            registry.download(version, tmp_path / "download")
+    assert not (tmp_path / "download").exists()
+
+
+@pytest.mark.parametrize("version", ["../x", "../../etc", "a/b", "/abs", ".hidden", "a..b",
+                                     "a.b", "", "-starts-with-dash", "x" * 129, "a\\b"])
+def test_version_names_outside_the_registrys_pattern_are_refused(registry, model_dir, tmp_path,
+                                                                  version):
+    registry.ensure_bucket()
+    for call in (lambda: registry.metadata(version),
+                 lambda: registry.describe(version),
+                 lambda: registry.download(version, tmp_path / "download"),
+                 lambda: registry.set_production(version, "operator typo"),
+                 lambda: registry.publish(model_dir, meta(), version=version)):
+        with pytest.raises(RegistryError, match="refusing version name"):
+            call()
+    if any(char in version for char in "/.\\"):  # a kind becomes part of a new version's name
+        with pytest.raises(RegistryError, match="refusing version name"):
+            registry.publish(model_dir, {**meta(), "kind": version})
+    assert not (tmp_path / "download").exists()
+
+
+def test_the_registrys_own_names_pass_the_pattern(registry, model_dir):
+    from components.registry import VERSION_NAME, new_version_id
+
+    for kind in ("cnn", "xgboost", "baseline", "model"):
+        assert VERSION_NAME.fullmatch(new_version_id(kind))
+    run_version = registry.publish(model_dir, {**meta(), "run_id": "20261130T120000Z-a1b2c3"})
+    assert run_version == "20261130T120000Z-a1b2c3-baseline"
+
+
+def test_a_crafted_production_pointer_is_refused(registry, model_dir, minio_client, tmp_path):
+    version = registry.promote(model_dir, meta(), reason="first")
+    for hostile in ("../x", "../../versions/x", "versions/../x"):
+        pointer = registry.production()
+        raw = json.dumps({**pointer.__dict__, "version": hostile}).encode()
+        minio_client.put_object(registry.bucket, POINTER, io.BytesIO(raw), len(raw))
+        crafted = registry.production()
+        assert crafted.version == hostile  # reading it is harmless; using it is refused
+        with pytest.raises(RegistryError, match="refusing version name"):
+            registry.download_production(crafted, tmp_path / "download")
+    assert not (tmp_path / "download").exists()
+    # A hostile history entry cannot be rolled back to either; the pipeline can repair it.
+    raw = json.dumps({**pointer.__dict__, "version": version, "history": [
+        {"version": "../x", "updated_at": "", "reason": "planted"}]}).encode()
+    minio_client.put_object(registry.bucket, POINTER, io.BytesIO(raw), len(raw))
+    with pytest.raises(RegistryError, match="refusing version name"):
+        registry.rollback()
+    registry.set_production(version, "repaired")
+    assert registry.production().version == version
+
+
+def test_a_submission_record_cannot_name_its_way_out_of_submissions(registry, tmp_path):
+    registry.ensure_bucket()
+    csv = tmp_path / "submission.csv"
+    csv.write_text("ImageId,Label\n1,7\n")
+    with pytest.raises(RegistryError, match="refusing version name"):
+        registry.archive_submission(csv, {"version": "../../versions/x", "mode": "offline"})
+    assert registry.submissions() == []
+    record = registry.archive_submission(csv, {"version": None, "mode": "offline"})
+    assert record["key"].startswith("submissions/") and record["key"].endswith("-unversioned")
+
+
+def test_listing_skips_keys_that_are_not_version_names(registry, model_dir, minio_client):
+    version = registry.publish(model_dir, meta())
+    raw = json.dumps({"version": "a.b", "status": "versions", "files": {}}).encode()
+    minio_client.put_object(registry.bucket, "versions/a.b/metadata.json", io.BytesIO(raw),
+                            len(raw))
+    assert [row["version"] for row in registry.list()] == [version]
