@@ -35,11 +35,20 @@ def promote(registry: Registry, item: Trained, reason: str = "test") -> str:
                             reason)
 
 
+def serving_environ(s3_server, bucket: str) -> dict[str, str]:
+    """``DIGITS_S3_*`` of the serving identity, granted ``bucket``: what a serving pod holds
+    (read production and versions, write feedback and submissions), never the root keys."""
+    s3_server.grant(bucket)
+    return {**s3_server.environ("serving"), "DIGITS_BUCKET": bucket}
+
+
 def app_config(s3_server, registry: Registry, **overrides: Any) -> dict[str, Any]:
-    """Settings for ``create_app``: this registry, no background polling to speak of."""
+    """Settings for ``create_app``: this registry as the serving identity, no background
+    polling to speak of."""
+    environ = serving_environ(s3_server, registry.bucket)
     return {
-        "s3_endpoint": s3_server.endpoint, "s3_access_key": s3_server.access_key,
-        "s3_secret_key": s3_server.secret_key, "bucket": registry.bucket,
+        "s3_endpoint": s3_server.endpoint, "s3_access_key": environ["DIGITS_S3_ACCESS_KEY"],
+        "s3_secret_key": environ["DIGITS_S3_SECRET_KEY"], "bucket": registry.bucket,
         "poll_interval_s": 3600, "access_log": False, **overrides,
     }
 

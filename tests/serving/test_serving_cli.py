@@ -26,7 +26,7 @@ import pytest
 
 from serving import cli
 from serving.settings import ServeSettings
-from tests.serving.helpers import png_bytes, promote, v2_body
+from tests.serving.helpers import png_bytes, promote, serving_environ, v2_body
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ def test_hot_rollover_under_load_with_the_real_server(s3_server, make_registry, 
     registry = make_registry()
     first = promote(registry, trained["baseline"])
     port = free_port()
-    env = clean_env(**s3_server.environ(), DIGITS_BUCKET=registry.bucket,
+    env = clean_env(**serving_environ(s3_server, registry.bucket),
                     DIGITS_POLL_INTERVAL_S="0.3", DIGITS_HOME=str(tmp_path / "home"))
     process = start_serve(port, env, tmp_path / "serve.log")
     try:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bench import loadgen
 from serving.hooks import RETRY_AFTER_S, SECURITY_HEADERS
-from tests.serving.helpers import make_app, png_bytes, promote, v2_body
+from tests.serving.helpers import make_app, png_bytes, promote, serving_environ, v2_body
 from tests.serving.test_serving_cli import (
     clean_env,
     free_port,
@@ -51,7 +51,7 @@ def serving(s3_server, registry, model_dir, log_path, workers: int = 1,
     """``digits serve`` on a freshly promoted model; yields its port once every worker loaded."""
     version = promote(registry, model_dir)
     port = free_port()
-    environ = clean_env(**s3_server.environ(), DIGITS_BUCKET=registry.bucket,
+    environ = clean_env(**serving_environ(s3_server, registry.bucket),
                         DIGITS_ACCESS_LOG="false", **env)
     process = start_serve(port, environ, log_path, workers=workers)
     try:

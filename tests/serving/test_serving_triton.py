@@ -13,7 +13,7 @@ import pytest
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from tests.serving.helpers import promote  # noqa: E402
+from tests.serving.helpers import promote, serving_environ  # noqa: E402
 from tests.serving.test_serving_cli import (  # noqa: E402
     clean_env,
     free_port,
@@ -32,10 +32,7 @@ def triton(s3_server, make_registry, trained, tmp_path_factory):
     registry = make_registry()
     version = promote(registry, trained["xgboost"])
     port = free_port()
-    env = clean_env(DIGITS_S3_ENDPOINT=s3_server.endpoint,
-                    DIGITS_S3_ACCESS_KEY=s3_server.access_key,
-                    DIGITS_S3_SECRET_KEY=s3_server.secret_key,
-                    DIGITS_BUCKET=registry.bucket, DIGITS_ACCESS_LOG="false")
+    env = clean_env(**serving_environ(s3_server, registry.bucket), DIGITS_ACCESS_LOG="false")
     process = start_serve(port, env, tmp_path_factory.mktemp("triton") / "serve.log")
     try:
         # Both workers, not just the first to answer, must have loaded the model.
