@@ -10,9 +10,11 @@ or the frozen holdout: the gate still judges on the holdout alone, so feedback
 can never make production worse by the system's own measure.
 
 Feedback is untrusted input — anyone who can reach the page can send labels —
-so every item records where it came from, its share of the training set is
-capped (:data:`DEFAULT_CAP`), and ``digits feedback list|purge`` lets an
-operator inspect and delete items by age, source or model version. A purged
+so every item records where it came from (``source``: the page, or an API
+client) and who sent it (``client``: a keyed hash of the client's address,
+never the address itself, see :func:`client_id`); its share of the training
+set is capped (:data:`DEFAULT_CAP`), and ``digits feedback list|purge`` lets
+an operator inspect and delete items by age, source or model version. A purged
 item is deleted from the store, so no later run can read it.
 """
 
@@ -20,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from pydantic import SecretStr
 
 from components.argparsing import make_parser
 from components.stem import NUM_CLASSES, NUM_PIXELS, as_images
@@ -36,13 +40,39 @@ from components.stem import NUM_CLASSES, NUM_PIXELS, as_images
 PREFIX = "feedback"
 #: The largest share of the training set feedback may take, by default.
 DEFAULT_CAP = 0.1
-#: Where an item came from, when a client says nothing else.
+#: Where an item came from: the drawing page, or an API client (authenticated when the
+#: server has a DIGITS_FEEDBACK_TOKEN).
 SOURCES = ("page", "api")
+#: The context the fallback address key is derived under from the S3 secret key;
+#: changing it changes every client id at once.
+ADDRESS_KEY_CONTEXT = b"digits/feedback/client-address/v1"
 
 
 def image_sha256(image: np.ndarray) -> str:
     """The content hash feedback is deduplicated by: the canonical image's bytes."""
     return hashlib.sha256(as_images(image)[0].tobytes()).hexdigest()
+
+
+def address_key(explicit: SecretStr | None, s3_secret_key: SecretStr | None) -> bytes | None:
+    """The key client addresses are hashed with: ``explicit`` if set, else one derived
+    from the S3 secret key every worker and replica already holds (so ids agree across
+    them), else ``None`` (nothing to derive from: such a server cannot store anyway)."""
+    if explicit is not None and explicit.get_secret_value():
+        return explicit.get_secret_value().encode()
+    if s3_secret_key is not None and s3_secret_key.get_secret_value():
+        return hmac.new(s3_secret_key.get_secret_value().encode(), ADDRESS_KEY_CONTEXT,
+                        hashlib.sha256).digest()
+    return None
+
+
+def client_id(address: str, key: bytes) -> str:
+    """A client's address as stored: HMAC-SHA256 under a secret key, hex.
+
+    Stable (one client's items can be counted together) but not reversible: a
+    plain hash of an IPv4 address is undone by hashing all 2³² of them, a keyed
+    one cannot be without the key.
+    """
+    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()
 
 
 def _stamp(moment: datetime) -> str:
@@ -58,14 +88,16 @@ class FeedbackItem:
     predicted: int | None
     model_version: str | None
     source: str
-    address: str | None
+    #: The sender's address as :func:`client_id` (``None``: written by an operator straight
+    #: to the store, not through the server).
+    client: str | None
     received_at: str
     sha256: str
 
     @classmethod
     def create(cls, image: np.ndarray, label: int, *, predicted: int | None = None,
                model_version: str | None = None, source: str = "api",
-               address: str | None = None, now: datetime | None = None) -> FeedbackItem:
+               client: str | None = None, now: datetime | None = None) -> FeedbackItem:
         """Check and describe one item; :class:`ValueError` names what is wrong."""
         image = as_images(image)
         if len(image) != 1:
@@ -81,11 +113,26 @@ class FeedbackItem:
             raise ValueError("'model_version' must be a string of at most 200 characters")
         if source not in SOURCES:
             raise ValueError(f"'source' must be one of {SOURCES}, got {source!r}")
-        moment = now or datetime.now(timezone.utc)
+        moment = now or datetime.now(UTC)
         return cls(pixels=image.reshape(NUM_PIXELS).tolist(), label=label, predicted=predicted,
-                   model_version=model_version, source=source, address=address,
+                   model_version=model_version, source=source, client=client,
                    received_at=moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                    sha256=image_sha256(image))
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], legacy_key: bytes) -> FeedbackItem:
+        """An item as read back from the store.
+
+        Items written before addresses were hashed carry a raw ``address``: it
+        is hashed here with ``legacy_key`` and dropped, so it never leaves the
+        loader (a listing shows the hash; one client's items still count together).
+        """
+        data = dict(data)
+        address = data.pop("address", None)
+        if "client" not in data:
+            data["client"] = None if address is None else client_id(address, legacy_key)
+        return cls(**{name: value for name, value in data.items()
+                      if name in cls.__dataclass_fields__})
 
     @property
     def image(self) -> np.ndarray:
@@ -103,10 +150,22 @@ class FeedbackItem:
 
 
 class FeedbackStore:
-    """Feedback items as objects in the registry's bucket (through its ``minio`` client)."""
+    """Feedback items as objects in the registry's bucket (through its ``minio`` client).
 
-    def __init__(self, registry: Any) -> None:
+    ``legacy_key`` hashes the raw addresses of items stored before addresses
+    were hashed (:meth:`FeedbackItem.from_stored`); by default the key derived
+    from ``DIGITS_S3_SECRET_KEY``, as the server's is when
+    ``DIGITS_FEEDBACK_ADDRESS_KEY`` is unset, else a random one (consistent
+    within this store object).
+    """
+
+    def __init__(self, registry: Any, legacy_key: bytes | None = None) -> None:
         self.registry = registry
+        if legacy_key is None:
+            from components.settings import get_settings
+
+            legacy_key = address_key(None, get_settings().s3_secret_key) or os.urandom(32)
+        self.legacy_key = legacy_key
 
     def add(self, item: FeedbackItem) -> str:
         """Store one item under a key of its own (append-only); return the key."""
@@ -126,13 +185,14 @@ class FeedbackStore:
                 continue  # some stores list a folder entry once items are deleted
             raw = self.registry.read(obj.object_name)
             if raw:  # None: deleted between listing and reading
-                found.append((obj.object_name, FeedbackItem(**json.loads(raw))))
+                found.append((obj.object_name,
+                              FeedbackItem.from_stored(json.loads(raw), self.legacy_key)))
         return sorted(found, key=lambda pair: pair[0])
 
     def select(self, *, older_than: timedelta | None = None, source: str | None = None,
                model_version: str | None = None) -> list[tuple[str, FeedbackItem]]:
         """The items matching every filter given."""
-        cutoff = datetime.now(timezone.utc) - older_than if older_than is not None else None
+        cutoff = datetime.now(UTC) - older_than if older_than is not None else None
 
         def matches(item: FeedbackItem) -> bool:
             if source is not None and item.source != source:
@@ -258,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     rows = [{"key": key, "label": item.label, "predicted": item.predicted,
              "model_version": item.model_version, "source": item.source,
-             "address": item.address, "received_at": item.received_at, "sha256": item.sha256}
+             "client": item.client, "received_at": item.received_at, "sha256": item.sha256}
             for key, item in selected]
     if args.json:
         print(json.dumps(rows))
@@ -268,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             said = "-" if row["predicted"] is None else row["predicted"]
             print(f"{row['received_at'][:19]}  label {row['label']}  model said {said}  "
-                  f"{row['source']:<4}  {row['model_version'] or '-'}  {row['address'] or '-'}")
+                  f"{row['source']:<4}  {row['model_version'] or '-'}  "
+                  f"client {(row['client'] or '-')[:12]}")
     return 0
 
