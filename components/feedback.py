@@ -13,9 +13,10 @@ Feedback is untrusted input — anyone who can reach the page can send labels �
 so every item records where it came from (``source``: the page, or an API
 client) and who sent it (``client``: a keyed hash of the client's address,
 never the address itself, see :func:`client_id`); its share of the training
-set is capped (:data:`DEFAULT_CAP`), and ``digits feedback list|purge`` lets
-an operator inspect and delete items by age, source or model version. A purged
-item is deleted from the store, so no later run can read it.
+set is capped (:data:`DEFAULT_CAP`), no one client may fill that share
+(:data:`CLIENT_SHARE`, :data:`CLIENT_FLOOR`), and ``digits feedback list|purge``
+lets an operator inspect and delete items by age, source or model version. A
+purged item is deleted from the store, so no later run can read it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ DEFAULT_CAP = 0.1
 #: Where an item came from: the drawing page, or an API client (authenticated when the
 #: server has a DIGITS_FEEDBACK_TOKEN).
 SOURCES = ("page", "api")
+#: The largest share of the feedback a run uses that one client (one hashed address) may
+#: supply: a single client posting hundreds of labels gets no more weight than this.
+CLIENT_SHARE = 0.1
+#: What every client may supply however little feedback there is, so a handful of
+#: honest users are never cut to nothing by :data:`CLIENT_SHARE` alone.
+CLIENT_FLOOR = 5
 #: The context the fallback address key is derived under from the S3 secret key;
 #: changing it changes every client id at once.
 ADDRESS_KEY_CONTEXT = b"digits/feedback/client-address/v1"
@@ -89,7 +96,7 @@ class FeedbackItem:
     model_version: str | None
     source: str
     #: The sender's address as :func:`client_id` (``None``: written by an operator straight
-    #: to the store, not through the server).
+    #: to the store, not through the server, and not capped per client).
     client: str | None
     received_at: str
     sha256: str
@@ -125,7 +132,8 @@ class FeedbackItem:
 
         Items written before addresses were hashed carry a raw ``address``: it
         is hashed here with ``legacy_key`` and dropped, so it never leaves the
-        loader (a listing shows the hash; one client's items still count together).
+        loader (a listing shows the hash, and the per-client cap still counts
+        that client's items together).
         """
         data = dict(data)
         address = data.pop("address", None)
@@ -156,7 +164,7 @@ class FeedbackStore:
     were hashed (:meth:`FeedbackItem.from_stored`); by default the key derived
     from ``DIGITS_S3_SECRET_KEY``, as the server's is when
     ``DIGITS_FEEDBACK_ADDRESS_KEY`` is unset, else a random one (consistent
-    within this store object).
+    within this store object, which is all the per-client cap needs).
     """
 
     def __init__(self, registry: Any, legacy_key: bytes | None = None) -> None:
@@ -225,15 +233,21 @@ class FeedbackSet:
 
 def select_for_training(items: list[FeedbackItem], *, train_size: int,
                         excluded: set[str], cap: float = DEFAULT_CAP,
-                        weight: int = 1) -> FeedbackSet:
+                        weight: int = 1, client_share: float = CLIENT_SHARE,
+                        client_floor: int = CLIENT_FLOOR) -> FeedbackSet:
     """Choose the feedback to train on and describe the choice for the dataset manifest.
 
     One item per image (the newest label wins: a user's later correction
     replaces an earlier one); images that appear in validation or the holdout
     (``excluded``: their content hashes) are dropped, so feedback cannot leak
-    into what judges the model; then at most ``cap`` of the training set,
-    counting each item ``weight`` times, newest first. The manifest records the
-    counts and a digest of exactly the items used.
+    into what judges the model. No one client then supplies more than
+    ``client_share`` of the feedback used (or ``client_floor`` items, if that is
+    more; its newest ones): one address posting hundreds of labels cannot fill
+    the share while other people's corrections wait. Items with no client
+    (written to the store by an operator, not through the server) are not capped
+    per client. Finally at most ``cap`` of the training set, counting each item
+    ``weight`` times, newest first. The manifest records the counts, what each
+    cap dropped, and a digest of exactly the items used.
     """
     newest: dict[str, FeedbackItem] = {}
     for item in sorted(items, key=lambda item: (item.received_at, item.label)):
@@ -241,9 +255,21 @@ def select_for_training(items: list[FeedbackItem], *, train_size: int,
     overlap = [item for digest, item in newest.items() if digest in excluded]
     usable = [item for digest, item in newest.items() if digest not in excluded]
     limit = int(cap * train_size / weight)
-    # Newest first; ties (one request's items share a timestamp) broken by content.
-    chosen = sorted(usable, key=lambda item: (item.received_at, item.sha256),
-                    reverse=True)[:limit]
+
+    def recency(item: FeedbackItem) -> tuple[str, str]:
+        # Newest first; ties (one request's items share a timestamp) broken by content.
+        return item.received_at, item.sha256
+
+    unattributed = [item for item in usable if item.client is None]
+    by_client: dict[str, list[FeedbackItem]] = {}
+    for item in sorted(usable, key=recency, reverse=True):
+        if item.client is not None:
+            by_client.setdefault(item.client, []).append(item)
+    quota = client_quota([len(sent) for sent in by_client.values()],
+                         uncapped=len(unattributed), limit=limit, share=client_share,
+                         floor=client_floor)
+    admitted = unattributed + [item for sent in by_client.values() for item in sent[:quota]]
+    chosen = sorted(admitted, key=recency, reverse=True)[:limit]
     chosen.sort(key=lambda item: item.sha256)  # a run's order does not depend on arrival
     images = (np.stack([item.image for item in chosen]) if chosen
               else np.zeros((0, 28, 28), dtype=np.uint8))
@@ -256,10 +282,36 @@ def select_for_training(items: list[FeedbackItem], *, train_size: int,
         "used": len(chosen),
         "weight": weight,
         "cap": cap,
+        "client_share": client_share,
+        "client_floor": client_floor,
+        "client_quota": quota,
+        "clients": len(by_client),
+        "sources": {source: sum(item.source == source for item in chosen)
+                    for source in SOURCES},
         "dropped_overlap": len(overlap),
-        "dropped_cap": len(usable) - len(chosen),
+        "dropped_client_cap": len(usable) - len(admitted),
+        "dropped_cap": len(admitted) - len(chosen),
         "sha256": digest,
     })
+
+
+def client_quota(sent: list[int], *, uncapped: int, limit: int, share: float,
+                 floor: int) -> int:
+    """The most items one client may supply: ``max(floor, share × used)``.
+
+    ``used`` itself depends on the quota (capping clients leaves fewer items),
+    so this is the smallest quota that satisfies its own rule, found by raising
+    it from ``floor`` until it stops growing (it only grows, and never past
+    ``share × limit``). ``sent``: how many usable items each client sent;
+    ``uncapped``: usable items not counted against any client.
+    """
+    quota = floor
+    while True:
+        used = min(limit, uncapped + sum(min(count, quota) for count in sent))
+        grown = max(floor, int(share * used))
+        if grown <= quota:
+            return quota
+        quota = grown
 
 
 def load_feedback(registry: Any) -> list[FeedbackItem]:
