@@ -5,7 +5,7 @@ The registry is the one ``digits run`` publishes to: the configured S3 store
 ``DIGITS_HOME`` (joined if ``digits run`` already started it).
 
 granian runs in this process and forks the workers; each runs
-:func:`serving.front.create_front` (the Flask app behind a buffering ASGI
+:func:`serving.front.create_front` (the Flask app behind a buffering RSGI
 front). This process also serves the workers' aggregated Prometheus metrics
 on ``DIGITS_METRICS_PORT``, apart from the public port, and gives the workers
 one SQLite file for rate-limit counts, so a client's limit holds whichever

@@ -60,6 +60,17 @@ BINARY_LENGTH = {
     "description": "Present for the binary form: the length in bytes of the JSON part.",
 }
 
+#: What only /feedback refuses with: a foreign browser page (403), a missing token (401).
+FEEDBACK_REFUSALS = {
+    "401": {"description": "DIGITS_FEEDBACK_TOKEN is set and this API client sent no bearer "
+                           "token, or the wrong one.",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                             "description": "Bearer realm=\"digits feedback\""}},
+            "content": {"application/json": {"schema": _ref("Error")}}},
+    "403": _json(_ref("Error"), "Sent from a browser page whose Origin is not allowed "
+                                "(DIGITS_ALLOWED_ORIGINS; by default only this server's own)."),
+}
+
 
 def _v2_model_paths() -> dict[str, Any]:
     """The v2 model endpoints, without and with ``/versions/{version}``."""
@@ -208,18 +219,28 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             "model_name": {"type": "string"}, "model_version": {"type": "string"},
             "model_kind": {"type": "string"},
             "predictions": {"type": "array", "items": _ref("Prediction")}}},
-        "FeedbackRequest": {"type": "object", "required": ["pixels", "label"], "properties": {
-            "pixels": _ref("Pixels"),
-            "label": _ref("Digit"),
-            "predicted": {**_ref("Digit"), "description": "What the model answered, if known."},
-            "model_version": {"type": "string", "maxLength": 200}}},
+        "FeedbackRequest": {
+            "type": "object", "required": ["label"],
+            "description": "`label` and exactly one of `pixels` (API clients) or `image` "
+                           "(the drawing page).",
+            "properties": {
+                "pixels": _ref("Pixels"),
+                "image": {"type": "string", "pattern": "^data:image/(png|jpeg);base64,",
+                          "description": "The drawing as a PNG or JPEG data URL, decoded and "
+                                         "converted like /predict's uploads."},
+                "label": _ref("Digit"),
+                "predicted": {**_ref("Digit"),
+                              "description": "What the model answered, if known."},
+                "model_version": {"type": "string", "maxLength": 200}}},
         "Digit": {"type": "integer", "minimum": 0, "maximum": 9},
         "FeedbackResponse": {"type": "object", "properties": {
             "id": {"type": "string"},
             "stored": {"type": "string", "description": "The item's key in the registry bucket."},
             "sha256": {"type": "string"}, "label": _ref("Digit"),
             "predicted": {"type": "integer", "nullable": True},
-            "agreed": {"type": "string", "enum": ["yes", "no", "unknown"]}}},
+            "agreed": {"type": "string", "enum": ["yes", "no", "unknown"]},
+            "source": {"type": "string", "enum": ["page", "api"],
+                       "description": "The drawing page, or an API client."}}},
         "V1Request": {"type": "object", "required": ["instances"], "properties": {
             "instances": _ref("Pixels")}},
         "V1Response": {"type": "object", "properties": {
@@ -280,21 +301,26 @@ def spec(server_version: str = "0") -> dict[str, Any]:
         "/feedback": {"post": {
             "tags": ["feedback"], "summary": "Label one digit for the next training run",
             "description": (
-                "The digit as the model saw it (`pixels`, one image) or the page's drawing (an "
-                "`image` file, converted like /predict), with the label the user says is right. "
-                "Stored in the registry bucket under `feedback/`; the next run trains with it "
-                "(training split only, capped). A 503 means the store is unreachable."
+                "The digit as the model saw it (`pixels`, one image) or the page's drawing "
+                "(`image`, a PNG data URL converted like /predict), with the label the user says "
+                "is right. JSON only, so no other site's form can post it (415), and a browser "
+                "page whose `Origin` is not allowed (DIGITS_ALLOWED_ORIGINS, by default this "
+                "server's own) is refused (403). The page sends `X-Digits-Client: page`; any "
+                "other client needs `Authorization: Bearer <token>` when DIGITS_FEEDBACK_TOKEN "
+                "is set (401). Stored in the registry bucket under `feedback/` with a keyed "
+                "hash of the client's address, never the address; the next run trains with it "
+                "(training split only, capped overall and per client). A 503 means the store "
+                "is unreachable."
             ),
+            "security": [{}, {"feedbackToken": []}],
+            "parameters": [{"name": "X-Digits-Client", "in": "header", "required": False,
+                            "schema": {"type": "string", "enum": ["page"]},
+                            "description": "Sent by the drawing page (with its Origin)."}],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": _ref("FeedbackRequest")},
-                "multipart/form-data": {"schema": {
-                    "type": "object", "required": ["image", "label"], "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "label": _ref("Digit"), "predicted": _ref("Digit"),
-                        "model_version": {"type": "string"}}}},
             }},
             "responses": {"201": _json(_ref("FeedbackResponse"), "Stored."),
-                          **_errors(*WORK_ERRORS, 429)}}},
+                          **FEEDBACK_REFUSALS, **_errors(*WORK_ERRORS, 429)}}},
     }
     return {
         "openapi": "3.0.3",
@@ -309,5 +335,9 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             ),
         },
         "paths": paths,
-        "components": {"schemas": schemas, "responses": responses},
+        "components": {"schemas": schemas, "responses": responses,
+                       "securitySchemes": {"feedbackToken": {
+                           "type": "http", "scheme": "bearer",
+                           "description": "DIGITS_FEEDBACK_TOKEN, for /feedback from API "
+                                          "clients when it is set."}}},
     }

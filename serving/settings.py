@@ -9,10 +9,36 @@ server uses besides.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from components.settings import StoreSettings
+
+#: The port each scheme implies, which a browser leaves out of an Origin.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(value: str) -> str:
+    """``scheme://host[:port]`` as a browser sends it in ``Origin``: lower case, no default
+    port, no path. :class:`ValueError` for anything that is not an http(s) origin."""
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or port == -1
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or parts.username is not None):
+        raise ValueError(f"{value!r} is not an origin such as https://digits.example.com")
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 class ServeSettings(StoreSettings):
@@ -114,10 +140,37 @@ class ServeSettings(StoreSettings):
         description="Feedback posts one client address may make, e.g. 30/minute; more get "
                     "a 429 with Retry-After, so one client cannot flood the bucket.",
     )
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Origins (comma-separated, e.g. https://digits.example.com) whose pages "
+                    "may post /feedback from a browser; a browser request from any other "
+                    "Origin gets 403. Empty: only the server's own (the request's "
+                    "scheme://Host). Set it in production, behind a TLS proxy (which changes "
+                    "the scheme) and against DNS rebinding (which forges the Host).",
+    )
+    feedback_token: SecretStr | None = Field(
+        default=None,
+        description="When set, /feedback from anything but the server's own page needs "
+                    "'Authorization: Bearer <token>' (else 401); unset, API clients may post "
+                    "without one.",
+    )
+    feedback_address_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 feedback items store instead of the client's "
+                    "address; unset, one derived from DIGITS_S3_SECRET_KEY (the same on every "
+                    "worker and replica).",
+    )
     model_cache_dir: Path | None = Field(
         default=None,
         description="Where workers unpack downloaded models; unset means a private temp dir.",
     )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+        """A comma-separated list from the environment, or a list; each one normalized."""
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        return tuple(normalize_origin(item) for item in items if item.strip())
 
 
 def get_serve_settings() -> ServeSettings:

@@ -1,6 +1,7 @@
 // Drawing pad for the digits model: plain JS, no dependencies.
 // Strokes are drawn black on white; the PNG goes to POST /predict, where the
-// server turns it into an MNIST-style 28x28 image (invert, crop, scale, centre).
+// server turns it into an MNIST-style 28x28 image (invert, crop, scale, centre),
+// and, with the user's label, to POST /feedback.
 (function () {
   "use strict";
 
@@ -184,26 +185,36 @@
   }
 
   // Feedback: the user confirms the answer or picks the right digit; the drawing
-  // goes to POST /feedback as the same PNG /predict saw, with both labels.
+  // goes to POST /feedback as the same PNG /predict saw (a data URL in JSON), with
+  // both labels. JSON and the X-Digits-Client header are what the server accepts
+  // from its own page: another site's page could send neither without a CORS
+  // preflight, which the server never grants.
   function sendFeedback(label) {
     if (!shown) return;
-    var form = new FormData();
-    form.append("image", shown.blob, "drawing.png");
-    form.append("label", String(label));
-    form.append("predicted", String(shown.label));
-    if (shown.version) form.append("model_version", shown.version);
+    var answered = shown;
     shown = null;                                  // one answer per drawing
-    fetch("/feedback", { method: "POST", body: form }).then(function (response) {
-      return response.json().then(function (body) { return { ok: response.ok, body: body }; });
-    }).then(function (answer) {
-      if (!answer.ok) {
-        showError(answer.body.error || "the server refused the feedback");
-        return;
-      }
-      thanksEl.textContent = "Thanks: saved as a " + answer.body.label + ".";
-      thanksEl.hidden = false;
-      document.body.dataset.feedback = answer.body.stored;
-    }).catch(function (err) { showError("feedback failed: " + err); });
+    var reader = new FileReader();
+    reader.onerror = function () { showError("feedback failed: cannot read the drawing"); };
+    reader.onload = function () {
+      var body = { image: reader.result, label: label, predicted: answered.label };
+      if (answered.version) body.model_version = answered.version;
+      fetch("/feedback", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-Digits-Client": "page" },
+        body: JSON.stringify(body)
+      }).then(function (response) {
+        return response.json().then(function (b) { return { ok: response.ok, body: b }; });
+      }).then(function (answer) {
+        if (!answer.ok) {
+          showError(answer.body.error || "the server refused the feedback");
+          return;
+        }
+        thanksEl.textContent = "Thanks: saved as a " + answer.body.label + ".";
+        thanksEl.hidden = false;
+        document.body.dataset.feedback = answer.body.stored;
+      }).catch(function (err) { showError("feedback failed: " + err); });
+    };
+    reader.readAsDataURL(answered.blob);
   }
 
   for (var d = 0; d < 10; d++) {

@@ -169,3 +169,57 @@ def test_correct_me_and_confirm_send_feedback(browser, base_url, served):
     WebDriverWait(browser, 10).until(lambda d: len(load_feedback(registry)) == before + 2)
     confirmed = load_feedback(registry)[-1]
     assert confirmed.label == confirmed.predicted == int(shown(browser)[0])
+
+
+HOSTILE_PAGE = """<!doctype html>
+<html><body>
+<form id="form" method="post" action="{target}/feedback" enctype="multipart/form-data">
+  <input name="label" value="3"><input name="image" type="file">
+</form>
+<script>
+  var body = JSON.stringify({{pixels: new Array(784).fill(0), label: 3}});
+  var tries = [
+    // Cross-origin JSON with the page's header: needs a preflight, which is never granted.
+    fetch("{target}/feedback", {{method: "POST", body: body,
+      headers: {{"Content-Type": "application/json", "X-Digits-Client": "page"}}}}),
+    // What needs no preflight: refused by its Content-Type.
+    fetch("{target}/feedback", {{method: "POST", mode: "no-cors", body: body,
+      headers: {{"Content-Type": "text/plain"}}}}),
+    fetch("{target}/feedback", {{method: "POST", mode: "no-cors", body: "label=3",
+      headers: {{"Content-Type": "application/x-www-form-urlencoded"}}}})
+  ];
+  Promise.allSettled(tries).then(function (results) {{
+    document.body.dataset.fetches = results.map(function (r) {{ return r.status; }}).join(",");
+  }});
+</script>
+</body></html>"""
+
+
+def test_another_sites_page_cannot_post_feedback(browser, base_url, served):
+    """A page on another origin tries every way a browser offers; nothing is stored."""
+    from components.feedback import load_feedback
+
+    app = served[0]
+    registry = app.extensions["digits"].model.registry
+    before = len(load_feedback(registry))
+    page = HOSTILE_PAGE.format(target=base_url).encode()
+
+    def hostile(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [page]
+
+    other = make_server("127.0.0.1", 0, hostile)  # another port: another origin
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{other.server_port}/")
+        WebDriverWait(browser, 15).until(
+            lambda d: d.execute_script("return document.body.dataset.fetches"))
+        outcomes = browser.execute_script("return document.body.dataset.fetches").split(",")
+        assert outcomes[0] == "rejected"  # the preflight failed: the POST was never sent
+        browser.execute_script("document.getElementById('form').submit()")
+        WebDriverWait(browser, 15).until(lambda d: d.current_url == f"{base_url}/feedback")
+        assert "application/json" in browser.find_element(By.TAG_NAME, "body").text  # the 415
+    finally:
+        other.shutdown()
+    assert len(load_feedback(registry)) == before
