@@ -42,6 +42,12 @@ def serving_environ(s3_server, bucket: str) -> dict[str, str]:
     return {**s3_server.environ("serving"), "DIGITS_BUCKET": bucket}
 
 
+def operator_registry(s3_server, bucket: str) -> Registry:
+    """``bucket`` as the pipeline identity sees it: what an operator (or the next training
+    run) reads feedback back with; the serving identity may not list it."""
+    return Registry(s3_server.client("pipeline"), bucket)
+
+
 def app_config(s3_server, registry: Registry, **overrides: Any) -> dict[str, Any]:
     """Settings for ``create_app``: this registry as the serving identity, no background
     polling to speak of."""

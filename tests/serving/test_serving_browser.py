@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import missing_prerequisite
+from tests.serving.helpers import operator_registry
 
 pytestmark = pytest.mark.browser
 
@@ -136,12 +137,12 @@ def test_draw_a_seven_by_touch(browser, base_url, served):
     assert label == str(expected["predictions"][0]["label"])
 
 
-def test_correct_me_and_confirm_send_feedback(browser, base_url, served):
+def test_correct_me_and_confirm_send_feedback(browser, base_url, served, s3_server):
     from components.feedback import load_feedback
     from serving.imaging import image_to_mnist
 
     app, _, version, _ = served
-    registry = app.extensions["digits"].model.registry
+    registry = operator_registry(s3_server, app.extensions["digits"].settings.bucket)
     before = len(load_feedback(registry))
     browser.get(base_url + "/")
     WebDriverWait(browser, 10).until(
@@ -195,12 +196,12 @@ HOSTILE_PAGE = """<!doctype html>
 </body></html>"""
 
 
-def test_another_sites_page_cannot_post_feedback(browser, base_url, served):
+def test_another_sites_page_cannot_post_feedback(browser, base_url, served, s3_server):
     """A page on another origin tries every way a browser offers; nothing is stored."""
     from components.feedback import load_feedback
 
     app = served[0]
-    registry = app.extensions["digits"].model.registry
+    registry = operator_registry(s3_server, app.extensions["digits"].settings.bucket)
     before = len(load_feedback(registry))
     page = HOSTILE_PAGE.format(target=base_url).encode()
 

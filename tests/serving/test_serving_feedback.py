@@ -46,8 +46,9 @@ def stored_objects(registry) -> list[dict]:
 
 
 def server_key(s3_server) -> bytes:
-    """The address key a server without DIGITS_FEEDBACK_ADDRESS_KEY uses."""
-    key = address_key(None, SecretStr(s3_server.secret_key))
+    """The address key a server without DIGITS_FEEDBACK_ADDRESS_KEY uses: derived from
+    the S3 secret it holds (the serving identity's)."""
+    key = address_key(None, SecretStr(s3_server.credentials["serving"]["secret_key"]))
     assert key is not None
     return key
 
