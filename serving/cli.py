@@ -93,14 +93,14 @@ def serve_metrics(host: str, port: int) -> None:
 
 def granian_server(settings: ServeSettings, *, host: str, port: int):
     """The granian server ``digits serve`` runs (built, not started)."""
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.server import Server
 
     from serving.logs import logging_config
 
     return Server(
-        TARGET, factory=True, address=host, port=port, interface=Interfaces.RSGI,
+        TARGET, factory=True, address=host, port=port, interface=Interfaces.RSGI, loop=Loops.uvloop,
         workers=settings.workers, http=HTTPModes.http1, websockets=False, backlog=BACKLOG,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_s * 1000)),
         log_access=False, log_dictconfig=logging_config(settings.log_level),
