@@ -224,3 +224,41 @@ def test_every_route_sheds_the_same_way_when_no_slot_comes_free(
         server.model.stop()
     text = server.metrics.render()[0].decode()
     assert f"digits_http_shed_total {float(len(WORK_ROUTES))}" in text
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+def test_a_clients_rate_limit_holds_whichever_worker_answers(
+        s3_server, make_registry, trained, tiny_dataset, tmp_path):
+    """Two workers, one SQLite file of counts (digits serve makes it): a limit of 5 lets
+    exactly 5 requests through, over connections the kernel spreads across both."""
+    digit = png_bytes(tiny_dataset.x_holdout[0])
+    with serving(s3_server, make_registry(), trained["xgboost"], tmp_path / "serve.log",
+                 workers=2, DIGITS_PREDICT_RATE_LIMIT="5/minute") as port:
+        answers = [request(port, "POST", "/predict", digit, "image/png") for _ in range(12)]
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count(200) == 5 and statuses.count(429) == 7, statuses
+    refused = next(answer for answer in answers if answer[0] == 429)
+    assert int(refused[2]["Retry-After"]) > 0
+    assert "too many requests" in json.loads(refused[1])["error"]
+
+
+def test_the_client_is_the_address_the_trusted_proxies_saw(s3_server, make_registry, trained):
+    """Behind one trusted proxy the limit keys on X-Forwarded-For's last hop; without a
+    trusted proxy that header is the client's own word and changes nothing."""
+    registry = make_registry()
+    promote(registry, trained["xgboost"])
+    for hops, spoofed_limited in ((1, False), (0, True)):
+        app, server = make_app(s3_server, registry, trusted_proxy_hops=hops,
+                               predict_rate_limit="2/minute")
+        client = app.test_client()
+        try:
+            assert server.model.wait_ready(30)
+            for index in range(3):  # a new address each time: never over its limit
+                response = client.post("/predict", json={"pixels": [0] * 784},
+                                       headers={"X-Forwarded-For": f"203.0.113.{index}"})
+                assert (response.status_code == 429) == (spoofed_limited and index == 2), \
+                    (hops, index, response.status_code)
+        finally:
+            server.model.stop()
