@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import gc
 import io
-import logging
 import os
 import sys
 import time
@@ -52,8 +51,6 @@ from typing import Any
 from flask import Flask
 
 from serving.metrics import multiprocess_dir
-
-log = logging.getLogger(__name__)
 
 #: What a thread brings back: status, headers, body.
 Answer = tuple[int, list[tuple[str, str]], bytes]

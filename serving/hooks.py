@@ -32,10 +32,10 @@ from flask import Flask, Response, g, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from serving import protocol
 from serving.front import ARRIVED, REFUSED
 from serving.model import ModelNotReady
 from serving.protocol import ApiError
+from serving.routes import json_response
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def route_label(rule: str) -> str:
 
 
 def error_response(status: int, message: str) -> Response:
-    return Response(protocol.dumps({"error": message}), status=status,
-                    mimetype="application/json")
+    return json_response({"error": message}, status)
 
 
 def install(app: Flask, server) -> None:
@@ -151,10 +150,9 @@ def install(app: Flask, server) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(error: RateLimitExceeded) -> Response:
-        response = error_response(429, f"too many requests from this client: the limit is "
-                                       f"{error.description}; see Retry-After")
         # flask-limiter adds Retry-After and X-RateLimit-* to the response it is handed.
-        return response
+        return error_response(429, f"too many requests from this client: the limit is "
+                                   f"{error.description}; see Retry-After")
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
