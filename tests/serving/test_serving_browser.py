@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import missing_prerequisite
-from tests.serving.helpers import operator_registry
+from tests.serving.helpers import operator_registry, serving_environ
 
 pytestmark = pytest.mark.browser
 
@@ -32,16 +32,29 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
+from tests.serving.test_serving_cli import (  # noqa: E402
+    clean_env,
+    free_port,
+    request,
+    start_serve,
+    stop_serve,
+    wait_for,
+)
+
 
 @pytest.fixture(scope="module")
-def base_url(served):
-    """The served app over real HTTP (werkzeug's server: tests only, never in production)."""
-    app = served[0]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+def base_url(served, s3_server, tmp_path_factory):
+    """The real server (``digits serve``: granian, the front, the serving identity) on the
+    bucket the served app reads, so the page meets every header and limit users meet."""
+    bucket = served[0].extensions["digits"].settings.bucket
+    port = free_port()
+    env = clean_env(**serving_environ(s3_server, bucket))
+    process = start_serve(port, env, tmp_path_factory.mktemp("browser") / "serve.log")
+    try:
+        wait_for(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 60, "ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_serve(process)
 
 
 @pytest.fixture(scope="module")
