@@ -28,7 +28,7 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,7 @@ class FeedbackItem:
             raise ValueError("'model_version' must be a string of at most 200 characters")
         if source not in SOURCES:
             raise ValueError(f"'source' must be one of {SOURCES}, got {source!r}")
-        moment = now or datetime.now(UTC)
+        moment = now or datetime.now(timezone.utc)
         return cls(pixels=image.reshape(NUM_PIXELS).tolist(), label=label, predicted=predicted,
                    model_version=model_version, source=source, client=client,
                    received_at=moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -203,7 +203,7 @@ class FeedbackStore:
     def select(self, *, older_than: timedelta | None = None, source: str | None = None,
                model_version: str | None = None) -> list[tuple[str, FeedbackItem]]:
         """The items matching every filter given."""
-        cutoff = datetime.now(UTC) - older_than if older_than is not None else None
+        cutoff = datetime.now(timezone.utc) - older_than if older_than is not None else None
 
         def matches(item: FeedbackItem) -> bool:
             if source is not None and item.source != source:
