@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from components import progress
+from components.calibration import NEUTRAL, apply_temperature, fit_temperature
 from components.contract import MODEL_INFO
 from components.features import feature_rows
 from components.stem import IMAGE_SIDE, NUM_CLASSES, preprocess
@@ -54,6 +55,9 @@ class DigitModel(ABC):
             raise ValueError(f"{self.kind}: unknown parameters {sorted(unknown)}")
         self.params = {**self.defaults, **params}
         self.history: dict[str, list[float]] = {}
+        #: Fitted after training on the validation split (:meth:`calibrate`), saved
+        #: with the model; a model saved before calibration existed keeps ``NEUTRAL``.
+        self.temperature = NEUTRAL
 
     @abstractmethod
     def fit(self, x_train: np.ndarray, y_train: np.ndarray,
@@ -69,15 +73,35 @@ class DigitModel(ABC):
     @abstractmethod
     def _load_weights(self, path: Path) -> None: ...
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks."""
+    def predict_proba(self, images: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks.
+
+        Every caller (evaluate, the server, the Kaggle job) gets calibrated
+        probabilities; ``calibrated=False`` is for fitting and reporting the
+        calibration itself.
+        """
         if len(images) <= PREDICT_CHUNK:  # the server's case: no copies
-            return self._predict_proba(images).astype(np.float32, copy=False)
-        parts = [
-            self._predict_proba(images[start:start + PREDICT_CHUNK])
-            for start in range(0, len(images), PREDICT_CHUNK)
-        ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+            proba = self._predict_proba(images).astype(np.float32, copy=False)
+        else:
+            proba = np.concatenate([
+                self._predict_proba(images[start:start + PREDICT_CHUNK])
+                for start in range(0, len(images), PREDICT_CHUNK)
+            ]).astype(np.float32, copy=False)
+        return apply_temperature(proba, self.temperature) if calibrated else proba
+
+    def calibrate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Fit the temperature on held-out digits (the validation split); return its facts.
+
+        Never the holdout: the gate and the report judge calibration there.
+        """
+        from components.metrics import expected_calibration_error
+
+        raw = self.predict_proba(images, calibrated=False)
+        self.temperature = fit_temperature(raw, labels)
+        scaled = apply_temperature(raw, self.temperature)
+        return {"temperature": self.temperature, "fitted_on": len(labels),
+                "validation_ece_before": expected_calibration_error(labels, raw),
+                "validation_ece_after": expected_calibration_error(labels, scaled)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.predict_proba(images).argmax(axis=1)
@@ -98,7 +122,8 @@ class DigitModel(ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory / self.filename)
-        meta = {"kind": self.kind, "params": self.params, "history": self.history, **info}
+        meta = {"kind": self.kind, "params": self.params, "history": self.history,
+                "temperature": self.temperature, **info}
         (directory / MODEL_INFO).write_text(json.dumps(meta, indent=2, default=float))
         return [directory / self.filename, directory / MODEL_INFO]
 
@@ -480,6 +505,7 @@ def load_model(directory: Path) -> DigitModel:
     saved = info.get("params", {})
     model = cls(**{**cls.legacy, **{k: v for k, v in saved.items() if k in cls.defaults}})
     model.history = info.get("history", {})
+    model.temperature = float(info.get("temperature", NEUTRAL))
     try:
         model._load_weights(directory / cls.filename)
     except Exception as error:  # frameworks raise anything on bad weights
