@@ -13,7 +13,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 
 from components import ops
-from components.feedback import DEFAULT_CAP
+from components.feedback import DEFAULT_CAP, USE_FEEDBACK
 from components.gate import GatePolicy
 from components.models import CNN, Baseline, XGBoost
 
@@ -71,7 +71,7 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         train_size: int = 0,
         holdout_size: int = 0,
         seed: int = 0,
-        use_feedback: bool = True,
+        use_feedback: bool = USE_FEEDBACK,
         feedback_cap: float = DEFAULT_CAP,
         feedback_weight: int = 1,
         epochs: int = _CNN["epochs"],
