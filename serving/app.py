@@ -106,7 +106,8 @@ class Server:
 
     def openapi(self) -> bytes:
         if self._openapi is None:
-            self._openapi = protocol.dumps(openapi_spec(package_version()))
+            self._openapi = protocol.dumps(openapi_spec(package_version(),
+                                                        max_batch=self.settings.max_batch))
         return self._openapi
 
     def check_name(self, name: str) -> None:
