@@ -589,7 +589,7 @@ def test_digits_variables_are_real_settings(rendered):
 def test_serving_deployment_runs_the_server(base):
     deployment = find(base, "Deployment", "digits-serving")
     [server] = pod_spec(deployment)["containers"]
-    assert server["command"] == ["digits", "serve", "--port", "8080", "--grpc-port", "8081"]
+    assert server["command"] == ["digits", "serve", "--port", "8080"]
     # gRPC and Prometheus metrics on ports of their own (DIGITS_GRPC_PORT's and
     # DIGITS_METRICS_PORT's defaults).
     from serving.settings import ServeSettings
