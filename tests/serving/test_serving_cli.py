@@ -93,9 +93,11 @@ METRICS_PORTS: dict[int, int] = {}
 
 def start_serve(port: int, env: dict[str, str], log: Path, workers: int = 2
                 ) -> subprocess.Popen:
-    """``digits serve`` on ``port``, its metrics on a free port of their own."""
+    """``digits serve`` on ``port``, its metrics (and gRPC, unless ``env`` names a port for
+    it) on free ports of their own: never the defaults, which another server may hold."""
     METRICS_PORTS[port] = free_port()
-    env = {**env, "DIGITS_METRICS_PORT": str(METRICS_PORTS[port])}
+    env = {"DIGITS_GRPC_PORT": str(free_port()), **env,
+           "DIGITS_METRICS_PORT": str(METRICS_PORTS[port])}
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),
