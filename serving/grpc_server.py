@@ -101,17 +101,6 @@ def parameters(entries: Any) -> dict[str, Any]:
     return out
 
 
-def _set_parameter(target: Any, value: Any) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = str(value)
-
-
 def _contents(tensor: Any) -> np.ndarray:
     """A tensor's typed contents as an array, from the field its datatype uses."""
     datatype = tensor.datatype
