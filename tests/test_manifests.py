@@ -590,9 +590,14 @@ def test_serving_deployment_runs_the_server(base):
     deployment = find(base, "Deployment", "digits-serving")
     [server] = pod_spec(deployment)["containers"]
     assert server["command"] == ["digits", "serve", "--port", "8080"]
-    # Prometheus metrics on a port of their own (DIGITS_METRICS_PORT's default, 9090).
+    # gRPC and Prometheus metrics on ports of their own (DIGITS_GRPC_PORT's and
+    # DIGITS_METRICS_PORT's defaults).
+    from serving.settings import ServeSettings
+
+    defaults = ServeSettings.model_fields
     assert {p["name"]: p["containerPort"] for p in server["ports"]} == {
-        "http": 8080, "metrics": 9090}
+        "http": 8080, "grpc": defaults["grpc_port"].default,
+        "metrics": defaults["metrics_port"].default}
     assert deployment["spec"]["replicas"] == 2
     assert pod_spec(deployment)["automountServiceAccountToken"] is False
     find(base, "ServiceAccount", pod_spec(deployment)["serviceAccountName"])
@@ -643,10 +648,12 @@ def test_service_selects_the_serving_pods(base):
     assert selector and selector.items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["type"] == "ClusterIP"
-    [port] = service["spec"]["ports"]
-    assert port["port"] == 80
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}, "metrics are not a public port"
     [server] = pod_spec(deployment)["containers"]
-    assert _port(server, port["targetPort"]) == 8080
+    assert ports["http"]["port"] == 80 and _port(server, ports["http"]["targetPort"]) == 8080
+    assert _port(server, ports["grpc"]["targetPort"]) == 8081
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # gRPC: cleartext HTTP/2
     # nothing else in the namespace is picked up by that selector
     others = [w for w in workloads(base) if w is not deployment
               and selector.items() <= pod_labels(w).items()]
@@ -753,8 +760,9 @@ def test_only_the_server_accepts_traffic_and_only_on_its_port(rendered):
         [server] = pod_spec(obj)["containers"]
         ports = {port["name"]: port["containerPort"] for port in server["ports"]}
         assert ingress == [
-            # users: the API port, from anywhere
-            {"ports": [{"protocol": "TCP", "port": ports["http"]}]},
+            # users: the API ports (HTTP, gRPC), from anywhere
+            {"ports": [{"protocol": "TCP", "port": ports["http"]},
+                       {"protocol": "TCP", "port": ports["grpc"]}]},
             # metrics: Prometheus in the `monitoring` namespace only
             {"from": [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "monitoring"}}}],
