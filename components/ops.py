@@ -72,13 +72,14 @@ def train_cnn(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    dropout: float,
     seed: int,
 ):
     """Train the Keras CNN (defaults: the pipeline's, from ``components.models.CNN``)."""
     from components.train import run_for_kfp
 
     run_for_kfp("cnn", dataset.path, model, metrics, epochs=epochs, batch_size=batch_size,
-                learning_rate=learning_rate, seed=seed)
+                learning_rate=learning_rate, dropout=dropout, seed=seed)
 
 
 @component
@@ -89,13 +90,15 @@ def train_xgboost(
     rounds: int,
     max_depth: int,
     learning_rate: float,
+    colsample_bytree: float,
     seed: int,
 ):
     """Train the XGBoost model (defaults: the pipeline's, from ``components.models.XGBoost``)."""
     from components.train import run_for_kfp
 
     run_for_kfp("xgboost", dataset.path, model, metrics, n_estimators=rounds,
-                max_depth=max_depth, learning_rate=learning_rate, seed=seed)
+                max_depth=max_depth, learning_rate=learning_rate,
+                colsample_bytree=colsample_bytree, seed=seed)
 
 
 @component
