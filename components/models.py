@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,11 @@ from components.features import feature_rows
 from components.stem import IMAGE_SIDE, NUM_CLASSES, preprocess
 
 log = logging.getLogger(__name__)
+
+#: Called after each epoch or boosting round with its number (from 1) and the validation
+#: figures of that step (``accuracy`` and ``log_loss`` when the framework has them);
+#: returning True ends training there. :mod:`components.tune` prunes poor trials with it.
+StepHook = Callable[[int, dict[str, float]], bool]
 
 
 #: Rows per forward pass when predicting large batches; bounds memory, keeps BLAS busy.
@@ -58,6 +64,11 @@ class DigitModel(ABC):
         #: Fitted after training on the validation split (:meth:`calibrate`), saved
         #: with the model; a model saved before calibration existed keeps ``NEUTRAL``.
         self.temperature = NEUTRAL
+        self.on_step: StepHook | None = None
+
+    def _step(self, step: int, figures: dict[str, float]) -> bool:
+        """Hand one step's validation figures to :attr:`on_step`; True means stop here."""
+        return bool(self.on_step and self.on_step(step, figures))
 
     @abstractmethod
     def fit(self, x_train: np.ndarray, y_train: np.ndarray,
@@ -222,12 +233,18 @@ class CNN(DigitModel):
         import keras
 
         epochs, batch_size = self.params["epochs"], self.params["batch_size"]
+        step = self._step
 
         class EpochProgress(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                accuracy = (logs or {}).get("val_accuracy")
+                logs = logs or {}
+                accuracy = logs.get("val_accuracy")
                 detail = "" if accuracy is None else f"val_accuracy={accuracy:.4f}"
                 progress.progress("epoch", epoch + 1, epochs, detail)
+                # val_loss is the smoothed-label loss training minimises, not the log-loss.
+                figures = {"accuracy": accuracy} if accuracy is not None else {}
+                if step(epoch + 1, figures):
+                    self.model.stop_training = True
 
         keras.utils.set_random_seed(self.params["seed"])
         # A small training set is shown several times per epoch (each time augmented
@@ -339,7 +356,8 @@ class XGBoost(DigitModel):
         )
 
     def fit(self, x_train, y_train, x_val, y_val) -> None:
-        self._model = self._classifier(callbacks=[_round_progress(self.params["n_estimators"])])
+        self._model = self._classifier(
+            callbacks=[_round_progress(self.params["n_estimators"], self._step)])
         features = self.features(x_train)
         curve = slice(0, self.CURVE_SAMPLE)  # scoring all 55k each round would cost a third
         self._model.fit(
@@ -413,16 +431,26 @@ class XGBoost(DigitModel):
         self._bind()
 
 
-def _round_progress(total: int):
-    """An XGBoost callback reporting each boosting round and its validation error."""
+def _round_progress(total: int, step: Callable[[int, dict[str, float]], bool]):
+    """An XGBoost callback reporting each boosting round and its validation figures.
+
+    Training stops here only when ``step`` (the model's :attr:`DigitModel.on_step`)
+    asks; early stopping is XGBoost's own.
+    """
     import xgboost
 
     class RoundProgress(xgboost.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log) -> bool:
-            errors = evals_log.get("validation_1", {}).get("merror") or [None]
+            validation = evals_log.get("validation_1", {})
+            errors = validation.get("merror") or [None]
             detail = "" if errors[-1] is None else f"val_error={errors[-1]:.4f}"
             progress.progress("round", epoch + 1, total, detail)
-            return False  # never stop training from here
+            figures = {}
+            if errors[-1] is not None:
+                figures["accuracy"] = 1.0 - float(errors[-1])
+            if validation.get("mlogloss"):
+                figures["log_loss"] = float(validation["mlogloss"][-1])
+            return step(epoch + 1, figures)
 
     return RoundProgress()
 

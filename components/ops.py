@@ -75,6 +75,7 @@ def train_cnn(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    dropout: float,
     seed: int,
 ):
     """Train the Keras CNN (defaults: the pipeline's, from ``components.models.CNN``).
@@ -86,12 +87,13 @@ def train_cnn(
         epochs: Passes over the training split.
         batch_size: Digits per training step.
         learning_rate: Peak learning rate of the warm-up + cosine schedule.
+        dropout: Share of the dense layer's units dropped while training.
         seed: Seed of initialisation, shuffling and augmentation.
     """
     from components.train import run_for_kfp
 
     run_for_kfp("cnn", dataset.path, model, metrics, epochs=epochs, batch_size=batch_size,
-                learning_rate=learning_rate, seed=seed)
+                learning_rate=learning_rate, dropout=dropout, seed=seed)
 
 
 @component
@@ -102,6 +104,7 @@ def train_xgboost(
     rounds: int,
     max_depth: int,
     learning_rate: float,
+    colsample_bytree: float,
     seed: int,
 ):
     """Train the XGBoost model (defaults: the pipeline's, from ``components.models.XGBoost``).
@@ -113,12 +116,14 @@ def train_xgboost(
         rounds: Most boosting rounds (early stopping on validation may use fewer).
         max_depth: Deepest split of each tree.
         learning_rate: Shrinkage of each round's trees.
+        colsample_bytree: Share of the feature columns each tree may split on.
         seed: Seed of column sampling.
     """
     from components.train import run_for_kfp
 
     run_for_kfp("xgboost", dataset.path, model, metrics, n_estimators=rounds,
-                max_depth=max_depth, learning_rate=learning_rate, seed=seed)
+                max_depth=max_depth, learning_rate=learning_rate,
+                colsample_bytree=colsample_bytree, seed=seed)
 
 
 @component
