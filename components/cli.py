@@ -290,7 +290,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
     import importlib
 
     from components.contract import StageError
-    from components.data import DataError
+    from components.datafiles import DataError
     from components.registry import RegistryError
 
     try:
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except Exception as error:  # one clear line for users; tracebacks are for bugs
-        from components.data import DataError
+        from components.datafiles import DataError
         from components.registry import RegistryError
         from pipelines.local import RunFailed
 

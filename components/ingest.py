@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from components.argparsing import fraction, make_parser, positive_int
-from components.data import DataError, Dataset, add_feedback, ingest
+from components.data import Dataset, add_feedback, ingest
+from components.datafiles import DataError
 from components.feedback import DEFAULT_CAP, USE_FEEDBACK, load_feedback
 from components.registry import open_registry
 

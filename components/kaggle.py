@@ -37,7 +37,7 @@ import numpy as np
 
 from components.argparsing import HelpFormatter, make_parser
 from components.contract import METADATA_FILE
-from components.data import (
+from components.datafiles import (
     DataError,
     load_kaggle_csv,
     read_lines,
@@ -73,7 +73,7 @@ def predict_submission(model, test_csv: Path, output: Path, *,
                        version: str | None = None) -> dict[str, Any]:
     """Predict every digit of Kaggle's ``test.csv`` and write ``ImageId,Label``.
 
-    ``test.csv`` is read by :func:`components.data.load_kaggle_csv`, which
+    ``test.csv`` is read by :func:`components.datafiles.load_kaggle_csv`, which
     rejects a bad file naming the line, before anything is written; the
     output appears only complete (see :func:`write_atomically`). ``version``
     is only recorded in the summary, so a score can be traced to a model.
@@ -171,7 +171,8 @@ def holdout_digits(dataset_dir: Path | None = None) -> tuple[np.ndarray, np.ndar
     the digits the gate judged on), else MNIST's official test set, which is
     the default run's holdout.
     """
-    from components.data import Dataset, load_mnist, resolve_mnist_dir
+    from components.data import Dataset
+    from components.datafiles import load_mnist, resolve_mnist_dir
     from components.settings import get_settings
 
     if dataset_dir is not None:

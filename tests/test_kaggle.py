@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data import DataError
+from components.datafiles import DataError
 from components.kaggle import (
     EXPECTED_ROWS,
     SubmissionJob,
@@ -372,7 +372,7 @@ def test_predict_uses_the_production_model_from_the_registry(baseline_dir, test_
 
 
 def _images(test_csv: Path) -> np.ndarray:
-    from components.data import load_kaggle_csv
+    from components.datafiles import load_kaggle_csv
 
     return load_kaggle_csv(test_csv, labelled=False)[0]
 
