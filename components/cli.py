@@ -20,7 +20,7 @@ STAGES = {
     "gate": "components.gate",
     "deploy": "components.deploy",
     "report": "components.report",
-    "kaggle": "components.kaggle",
+    "kaggle": "components.kaggle.cli",
     "feedback": "components.feedback",
     "tune": "components.tune",
 }
@@ -45,7 +45,7 @@ def _models(value: str) -> list[str]:
 
 
 def _add_run(sub) -> None:
-    from components.kaggle import MODES
+    from components.kaggle.job import MODES
     from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS, RUNNERS
     from pipelines.training import pipeline_defaults
 

@@ -111,7 +111,7 @@ def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
                 raise DataError(f"{flag} {directory}: missing {', '.join(missing)}")
     else:
         raise DataError(f"unknown source {source!r}; choose mnist or kaggle-csv")
-    from components.kaggle import MODES, ONLINE
+    from components.kaggle.job import MODES, ONLINE
 
     mode = arguments.get("kaggle_mode", LOCAL_KAGGLE_MODE)
     test_csv = arguments.get("kaggle_test_csv")

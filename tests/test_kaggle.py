@@ -25,14 +25,12 @@ import numpy as np
 import pytest
 
 from components.datafiles import DataError
-from components.kaggle import (
+from components.kaggle.cli import format_submissions, main
+from components.kaggle.client import submit
+from components.kaggle.job import SubmissionJob, run_submission
+from components.kaggle.submission import (
     EXPECTED_ROWS,
-    SubmissionJob,
-    format_submissions,
-    main,
     predict_submission,
-    run_submission,
-    submit,
     validate_submission,
     write_test_csv,
 )
