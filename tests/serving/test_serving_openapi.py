@@ -59,6 +59,7 @@ CASES = {
         {"pixels": [FLAT, FLAT[:-1]]}, {"pixels": [[SQUARE]]}, {"pixels": SQUARE[:27]},
         {"pixels": ["1"] * 784}, {"pixels": {"a": 1}}, [1, 2], {"pixels": [None] * 784},
         {"pixels": with_pixel("7")}, {"pixels": [row[:27] for row in SQUARE]},
+        {"pixels": [True] * 784},
     ]),
     "/v1/models/digits:predict": ("V1Request", [
         {"instances": [FLAT]}, {"instances": SQUARE}, {"instances": [SQUARE, SQUARE]},
