@@ -5,6 +5,16 @@ Every model takes canonical ``uint8 [N, 28, 28]`` images, passes them through
 saved model is a directory: the framework's own file plus ``model.json``
 naming the kind, so :func:`load_model` can bring any of them back without
 pickles.
+
+A promoted model also carries its *inference form* (:meth:`DigitModel.export`,
+written and checked at deploy by :mod:`components.export`): the CNN as ONNX for
+onnxruntime, XGBoost's kept trees for Treelite. It replaces only the
+framework's forward pass; preprocessing, features, test-time views and
+everything :meth:`DigitModel.predict_proba` does after the forward pass stay
+this module's shared code, so the server and the Kaggle job predict through
+one path whichever runtime answers, and the serving image needs neither
+TensorFlow nor XGBoost. :func:`load_model` prefers the inference form and falls
+back to the framework's file for versions promoted before exports existed.
 """
 
 from __future__ import annotations
@@ -39,8 +49,14 @@ class DigitModel(ABC):
 
     kind: ClassVar[str]
     filename: ClassVar[str]
-    #: The framework that runs it, as the inference protocol's ``platform`` names it.
+    #: The framework that runs it, as the inference protocol's ``platform`` names it
+    #: (a model loaded from its inference form names that runtime instead).
     platform: ClassVar[str]
+    #: The inference form's file name (:meth:`export`); ``None`` when the framework's
+    #: own file already needs no framework (the baseline's numpy weights).
+    export_filename: ClassVar[str | None] = None
+    #: The runtime that reads the inference form, as ``platform`` names it.
+    export_platform: ClassVar[str | None] = None
     #: What one step of its training history is (the report's x axis).
     history_step: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
@@ -92,6 +108,30 @@ class DigitModel(ABC):
         Only XGBoost can change its pool after loading; TensorFlow and BLAS fix
         theirs at start-up (digits serve sets them through the environment).
         """
+
+    def export(self, directory: Path) -> Path | None:
+        """Write the inference form into ``directory``; ``None`` if the family has none.
+
+        Needs the framework (it runs at deploy, in the training image). Checking
+        that the form predicts what the framework does is the caller's
+        (:func:`components.export.export_checked`): an unchecked export is never recorded.
+        """
+        if self.export_filename is None:
+            return None
+        path = Path(directory) / self.export_filename
+        self._export(path)
+        return path
+
+    def _export(self, path: Path) -> None:
+        raise NotImplementedError(f"{self.kind} has no inference form")
+
+    def _load_export(self, path: Path) -> None:
+        raise NotImplementedError(f"{self.kind} has no inference form")
+
+    @property
+    def exported(self) -> bool:
+        """Whether predictions come from the inference form (not the framework)."""
+        return self.export_platform is not None and self.platform == self.export_platform
 
     def save(self, directory: Path, **info: Any) -> list[Path]:
         """Write the weights and ``model.json`` (kind, params, history, extra info)."""
@@ -153,6 +193,8 @@ class CNN(DigitModel):
     platform = "keras"
     history_step = "epoch"
     filename = "model.keras"
+    export_filename = "model.onnx"
+    export_platform = "onnxruntime_onnx"  # Triton's name for an ONNX model on onnxruntime
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 12, "batch_size": 256, "learning_rate": 4e-3, "width": 32, "dropout": 0.3,
         "label_smoothing": 0.1, "tta": 4, "min_epoch_steps": 20, "seed": 0,
@@ -246,7 +288,7 @@ class CNN(DigitModel):
         shifts = TTA_SHIFTS[:self.params["tta"]]
         if shifts:
             x = np.concatenate([x, *(np.roll(x, shift, axis=(1, 2)) for shift in shifts)])
-        proba = self._forward(x).numpy()
+        proba = self._forward(x)
         return proba.reshape(len(shifts) + 1, len(images), NUM_CLASSES).mean(axis=0)
 
     def _bind(self) -> None:
@@ -254,9 +296,42 @@ class CNN(DigitModel):
         import tensorflow as tf
 
         model = self._model
-        self._forward = tf.function(
+        traced = tf.function(
             lambda x: model(x, training=False), reduce_retracing=True,
             input_signature=[tf.TensorSpec([None, IMAGE_SIDE, IMAGE_SIDE, 1], tf.float32)])
+        self._forward = lambda x: traced(x).numpy()
+
+    def _export(self, path):
+        # Keras exports only a model that has been called; one zero image does it.
+        self._model(np.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1), np.float32), training=False)
+        self._model.export(str(path), format="onnx", verbose=False)
+
+    def _load_export(self, path):
+        self._onnx = Path(path).read_bytes()  # kept: a thread cap rebuilds the session
+        self.platform = self.export_platform
+        self._open_session(0)
+
+    def _open_session(self, threads: int) -> None:
+        """One onnxruntime session for this process, ``threads`` cores per pass (0: all).
+
+        A session owns its thread pool, so the cap is set by building a new
+        session (tens of milliseconds, once per process): prefork workers each
+        build their own after the fork.
+        """
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        session = onnxruntime.InferenceSession(self._onnx, options,
+                                               providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        self._forward = lambda x: session.run(None, {name: x})[0]
+
+    def set_threads(self, threads: int) -> None:
+        if self.exported:
+            self._open_session(threads)
 
     def _save_weights(self, path):
         self._model.save(path)
@@ -285,6 +360,10 @@ class XGBoost(DigitModel):
     platform = "xgboost"
     history_step = "boosting round"
     filename = "model.ubj"
+    #: The kept trees (early stopping's range) in XGBoost's own UBJSON, which Treelite
+    #: reads without XGBoost.
+    export_filename = "trees.ubj"
+    export_platform = "treelite"
     defaults: ClassVar[dict[str, Any]] = {
         "n_estimators": 400, "max_depth": 6, "learning_rate": 0.15, "colsample_bytree": 0.5,
         "max_bin": 32, "features": "hog", "early_stopping_rounds": 30, "seed": 0,
@@ -332,11 +411,12 @@ class XGBoost(DigitModel):
 
     def _predict_proba(self, images):
         rows = self.features(images)
-        if len(rows) == 1:
+        if len(rows) == 1 or self._booster is None:
             # One row — the drawing page's and most clients' request. XGBoost's
             # predict costs ~0.5 ms per call before the first tree (1.8 ms on the
             # production model); Treelite's evaluator walks the same trees in a
             # third to a half of that. At two rows they are even; beyond, XGBoost wins.
+            # Loaded from its inference form there is no XGBoost: Treelite answers all.
             from treelite import gtil
 
             proba = gtil.predict(self._single_row_model(), rows, nthread=self._threads)
@@ -358,6 +438,8 @@ class XGBoost(DigitModel):
     @property
     def kept_rounds(self) -> int:
         """Boosting rounds predictions use: early stopping's best, else every round."""
+        if self._booster is None:
+            return self._single_row.num_tree // NUM_CLASSES
         return self._iterations[1] or self._booster.num_boosted_rounds()
 
     def _single_row_model(self):
@@ -376,8 +458,22 @@ class XGBoost(DigitModel):
         return self._single_row
 
     def set_threads(self, threads: int) -> None:
-        self._booster.set_param("nthread", threads)
+        if self._booster is not None:
+            self._booster.set_param("nthread", threads)
         self._threads = threads
+
+    def _export(self, path):
+        start, stop = self._iterations
+        (self._booster[start:stop] if stop else self._booster).save_model(path)
+
+    def _load_export(self, path):
+        import treelite
+
+        self._model = self._booster = None
+        self._iterations = (0, 0)
+        self._single_row = treelite.frontend.load_xgboost_model(path, format_choice="ubjson")
+        self._threads = 0
+        self.platform = self.export_platform
 
     def _save_weights(self, path):
         self._model.save_model(path)
@@ -470,8 +566,13 @@ def read_info(directory: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: cannot read model description ({error})") from error
 
 
-def load_model(directory: Path) -> DigitModel:
-    """Bring back any saved model; raise :class:`ModelError` with the reason if it cannot."""
+def load_model(directory: Path, *, exported: bool = True) -> DigitModel:
+    """Bring back any saved model; raise :class:`ModelError` with the reason if it cannot.
+
+    With ``exported`` (the default: the server, the Kaggle job) the inference form
+    answers when the directory has one; otherwise, and for versions promoted
+    before exports existed, the framework's own file does.
+    """
     directory = Path(directory)
     info = read_info(directory)
     cls = MODEL_KINDS.get(info.get("kind"))
@@ -480,8 +581,21 @@ def load_model(directory: Path) -> DigitModel:
     saved = info.get("params", {})
     model = cls(**{**cls.legacy, **{k: v for k, v in saved.items() if k in cls.defaults}})
     model.history = info.get("history", {})
+    export = directory / cls.export_filename if cls.export_filename else None
+    if exported and export is not None and export.is_file():
+        try:
+            model._load_export(export)
+        except Exception as error:  # runtimes raise anything on a bad file
+            raise ModelError(f"{directory}: cannot load {cls.kind} inference form "
+                             f"{export.name} ({error})") from error
+        return model
     try:
         model._load_weights(directory / cls.filename)
+    except ImportError as error:
+        raise ModelError(
+            f"{directory}: this {cls.kind} model has no inference form "
+            f"({cls.export_filename}) and its framework is not installed here ({error}); "
+            "export it in the training image: digits registry export VERSION") from error
     except Exception as error:  # frameworks raise anything on bad weights
         raise ModelError(f"{directory}: cannot load {cls.kind} weights ({error})") from error
     return model

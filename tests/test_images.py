@@ -356,7 +356,7 @@ def test_every_stage_runs_in_its_own_container(docker, images, mnist_dir, tmp_pa
     logs = Path(first["logs"])
     for stage in ("ingest", "train-xgboost", "evaluate-baseline", "gate", "deploy"):
         assert f"Found image '{TRAIN_IMAGE}'" in (logs / f"{stage}.log").read_text(), stage
-    assert f"Found image '{SERVE_IMAGE}'" in (logs / "kaggle-submit.log").read_text()
+    assert f"Found image '{TRAIN_IMAGE}'" in (logs / "kaggle-submit.log").read_text()
 
     weaker = run_in_containers(env, "--models", "baseline", "--train-size", "200")
     assert weaker["gate"]["decision"] == "reject"
