@@ -117,6 +117,13 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
     assert "no version 'no-such-version'" in capsys.readouterr().err
     assert main(["registry", "rollback"]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+    # The baseline's numpy weights are its inference form: nothing to add, nothing moved.
+    pointer = registry.production()
+    assert main(["registry", "export", "run1-baseline", "--dataset", str(data)]) == 0
+    assert "needs no export" in capsys.readouterr().out
+    assert registry.production() == pointer
+    assert main(["registry", "export", "no-such-version", "--dataset", str(data)]) == 2
+    assert "no version 'no-such-version'" in capsys.readouterr().err
 
 
 @pytest.fixture
