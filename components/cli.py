@@ -133,7 +133,7 @@ def _add_registry(sub) -> None:
                        ("show", "one version's metadata"),
                        ("promote", "point production at a version (checksums verified)"),
                        ("rollback", "point production back at the previous version"),
-                       ("export", "add the inference form (ONNX, Treelite) to a version "
+                       ("export", "add the inference form (ONNX) to a version "
                         "promoted before exports existed; needs the training image")):
         v = verbs.add_parser(name, help=text)
         if name in ("show", "promote", "export"):

@@ -1,7 +1,7 @@
 """Inference forms: written when a version is promoted, trusted only once proven.
 
-A promoted model is served and submitted through a light runtime (ONNX on
-onnxruntime for the CNN, Treelite for XGBoost; see
+A promoted model is served and submitted through a light runtime (an ONNX
+graph on onnxruntime: the CNN's network, XGBoost's kept trees; see
 :meth:`components.models.DigitModel.export`), so the serving image carries no
 training framework. A converter can be wrong in ways that still produce
 probabilities, so an export counts only after it has predicted the whole

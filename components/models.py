@@ -8,13 +8,14 @@ pickles.
 
 A promoted model also carries its *inference form* (:meth:`DigitModel.export`,
 written and checked at deploy by :mod:`components.export`): an ONNX graph run
-by onnxruntime, for the CNN its network, for XGBoost its kept trees. It replaces only the
-framework's forward pass; preprocessing, features, test-time views and
-everything :meth:`DigitModel.predict_proba` does after the forward pass stay
-this module's shared code, so the server and the Kaggle job predict through
-one path whichever runtime answers, and the serving image needs neither
-TensorFlow, XGBoost, Treelite nor SciPy. :func:`load_model` prefers the inference form and falls
-back to the framework's file for versions promoted before exports existed.
+by onnxruntime, for the CNN its network, for XGBoost its kept trees. It
+replaces only the framework's forward pass; preprocessing, features, test-time
+views and everything :meth:`DigitModel.predict_proba` does after the forward
+pass stay this module's shared code, so the server and the Kaggle job predict
+through one path whichever runtime answers, and the serving image needs
+neither TensorFlow, XGBoost, Treelite nor SciPy. :func:`load_model` prefers the
+inference form and falls back to the framework's file for versions promoted
+before exports existed.
 """
 
 from __future__ import annotations
