@@ -24,11 +24,14 @@ STAGES = {
     "report": "components.report",
     "kaggle": "components.kaggle",
     "feedback": "components.feedback",
+    "tune": "components.tune",
 }
 STAGE_HELP = {
     "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
     "kaggle": "predict Kaggle's test.csv and submit ImageId,Label (digits kaggle run ...)",
     "feedback": "list or purge the digits users labelled (digits feedback list|purge)",
+    "tune": "search a family's settings on train/validation; write a params file for "
+            "digits run --params (digits tune --family xgboost --budget 5)",
 }
 
 
@@ -74,6 +77,9 @@ def _add_run(sub) -> None:
     p.add_argument("--train-size", type=positive_int,
                    help="training digits, a stratified subsample (default: all"
                    + (f"; --quick: {QUICK_ARGUMENTS['train_size']})"))
+    p.add_argument("--params", type=Path, action="append", default=[], metavar="FILE",
+                   help="a family's settings from `digits tune` (params.json), one file per "
+                   "family; they override --quick, and explicit flags override them")
     p.add_argument("--epochs", type=positive_int, help="CNN epochs" + default("epochs"))
     p.add_argument("--xgb-rounds", type=positive_int,
                    help="XGBoost boosting rounds" + default("xgb_rounds"))
@@ -103,11 +109,41 @@ def _add_run(sub) -> None:
                    help="stream every task's full output (always kept in the run's logs/)")
 
 
-def _run(args) -> int:
-    from pipelines.local import QUICK_ARGUMENTS, format_summary, run_pipeline
+def params_arguments(files: list[Path], models: list[str]) -> dict[str, object]:
+    """``--params`` files → pipeline arguments; a file for a family not trained, or a
+    second file for the same family, is refused rather than silently ignored."""
+    from components.tune import read_params
+    from pipelines.training import family_arguments
+
+    arguments: dict[str, object] = {}
+    seen: dict[str, Path] = {}
+    for path in files:
+        family, params = read_params(path)
+        if family in seen:
+            raise ValueError(f"--params {path}: {family} settings already come from {seen[family]}")
+        if family not in models:
+            raise ValueError(f"--params {path}: this run does not train {family} "
+                             f"(--models {','.join(models)})")
+        seen[family] = path
+        try:
+            arguments.update(family_arguments(family, params))
+        except ValueError as error:
+            raise ValueError(f"--params {path}: {error}") from None
+    return arguments
+
+
+def run_arguments(args) -> tuple[dict[str, object], list[str]]:
+    """``digits run``'s flags → the pipeline's arguments and the families to train.
+
+    Precedence, lowest first: the pipeline's defaults, ``--quick``, ``--params``
+    files, then every flag given explicitly.
+    """
+    from pipelines.local import QUICK_ARGUMENTS
     from pipelines.training import MODEL_FAMILIES
 
+    models = list(args.models or MODEL_FAMILIES)
     arguments = dict(QUICK_ARGUMENTS) if args.quick else {}
+    arguments.update(params_arguments(args.params, models))
     explicit = {
         "source": args.source, "seed": args.seed,
         "mnist_dir": str(args.mnist_dir.resolve()) if args.mnist_dir else None,
@@ -120,8 +156,14 @@ def _run(args) -> int:
         "kaggle_test_csv": str(args.kaggle_test.resolve()) if args.kaggle_test else None,
     }
     arguments.update({k: v for k, v in explicit.items() if v is not None})
-    summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose,
-                           runner=args.runner)
+    return arguments, models
+
+
+def _run(args) -> int:
+    from pipelines.local import format_summary, run_pipeline
+
+    arguments, models = run_arguments(args)
+    summary = run_pipeline(arguments, models, verbose=args.verbose, runner=args.runner)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 

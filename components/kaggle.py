@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from components.argparsing import HelpFormatter, make_parser
+from components.contract import METADATA_FILE
 from components.data import (
     DataError,
     load_kaggle_csv,
@@ -200,7 +201,7 @@ def load_submission_model(registry: Any = None, *, version: str | None = None,
 
     if model_dir is not None:
         model = load_model(model_dir)
-        metadata_path = Path(model_dir) / "metadata.json"  # present in registry downloads
+        metadata_path = Path(model_dir) / METADATA_FILE  # present in registry downloads
         recorded = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
         yield model, {"version": recorded.get("version"), "kind": read_info(model_dir)["kind"],
                       "source": f"dir:{model_dir}"}
@@ -545,6 +546,32 @@ def submit_promoted(version: str, output: Path, *, mode: str, dataset_dir: Path 
     with open_registry() as registry, load_submission_model(registry, version=version) as (
             model, info):
         return run_submission(job, model, info, registry)
+
+
+def run_for_kfp(deployed: str, dataset_path: str, submission_artifact, *, mode: str,
+                test_csv: str) -> str:
+    """What the kaggle-submit component does, given the deploy step's JSON outcome.
+
+    A run that lost the promotion race to another has nothing to submit: it
+    says so and returns ``null``.
+    """
+    from components.progress import headline
+
+    outcome = json.loads(deployed)
+    version = outcome["version"]
+    if outcome["status"] != "promoted":
+        headline(f"skipped: {version} was not promoted")
+        return json.dumps(None)
+    record = submit_promoted(version, Path(submission_artifact.path), mode=mode,
+                             dataset_dir=Path(dataset_path),
+                             test_csv=Path(test_csv) if test_csv else None)
+    submission_artifact.metadata.update(mode=record["mode"], version=version,
+                                        rows=record["rows"], local_score=record["local_score"],
+                                        kaggle_score=record["kaggle_score"])
+    score = record["kaggle_score"] if record["submitted"] else record["local_score"]
+    shown = "" if score is None else f" scored {score:.4f}"
+    headline(f"{record['mode']}{shown}" + ("" if record["submitted"] else ": not submitted"))
+    return json.dumps(record)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -14,11 +14,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from components.contract import EVALUATION_DIR, PROMOTE, GateDecision
+from components.contract import EVALUATION_DIR, METADATA_FILE, PROMOTE, GateDecision
 from components.deploy import deploy
 from components.export import TOLERANCE, ExportError, export_checked, export_registered
 from components.models import load_model
-from components.registry import METADATA
 from components.scoring import evaluate_saved
 from components.train import train
 
@@ -148,7 +147,7 @@ def test_an_old_version_gets_its_export_and_production_follows(saved, tiny_datas
     assert after.metadata_sha256 != before.metadata_sha256  # servers see a change and reload
     served = tmp_path / "served-after"
     registry.download_production(after, served)  # checksums and the pointer agree
-    assert (served / METADATA).is_file() and load_model(served).exported
+    assert (served / METADATA_FILE).is_file() and load_model(served).exported
     np.testing.assert_allclose(load_model(served).predict_proba(tiny_dataset.x_holdout[:20]),
                                model.predict_proba(tiny_dataset.x_holdout[:20]),
                                atol=TOLERANCE)
