@@ -288,7 +288,7 @@ def _compile(args) -> int:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``digits`` parser; ``run``'s own flags only when ``command`` is ``run``.
+    """The ``digits`` parser; ``run``'s own flags unless ``command`` is another one.
 
     Those flags come from the pipeline (kfp), so for any other command ``run``
     is listed by name alone: ``digits registry ...`` must work where kfp is absent.
@@ -296,7 +296,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description=plain(__doc__),
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    if command == "run":
+    if command in (None, "run"):
         _add_run(sub)
     else:
         sub.add_parser("run", help=RUN_HELP, add_help=False)
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     handlers = {"run": _run, "registry": _registry, "compile": _compile}
     try:
         return handlers[args.command](args)

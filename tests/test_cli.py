@@ -199,3 +199,29 @@ def test_help_is_plain_text_with_defaults(capsys):
         with pytest.raises(SystemExit):
             main([stage, "--help"])
         assert ":class:" not in capsys.readouterr().out
+
+
+def test_serving_side_commands_never_import_the_training_stack():
+    """The serving image has no kfp, TensorFlow, XGBoost, SciPy or scikit-learn: the
+    verbs it runs (serve, kaggle, registry, help) must not import them, even to build
+    their parsers (the image test proves the same inside the image)."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys",
+        "from components import cli",
+        "for argv in (['--help'], ['registry', 'list', '--help'], ['kaggle', '--help'],",
+        "             ['serve', '--help']):",
+        "    try:",
+        "        cli.main(argv)",
+        "    except SystemExit:",
+        "        pass",
+        "import components.export, components.kaggle, serving.app",
+        "heavy = ('kfp', 'pipelines', 'tensorflow', 'keras', 'xgboost', 'treelite', 'scipy',",
+        "         'sklearn', 'matplotlib', 'optuna', 'docker')",
+        "print(sorted(m for m in heavy if m in sys.modules))"])
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
