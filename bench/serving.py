@@ -73,7 +73,7 @@ for _path in (BENCH, ROOT):  # ROOT first: ``serving`` is the package, not this 
 
 import loadgen  # noqa: E402
 
-from components.data import load_mnist  # noqa: E402
+from components.datafiles import load_mnist  # noqa: E402
 from components.models import create_model, load_model  # noqa: E402
 
 MODEL_NAME = "digits"

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components.data import Dataset, build_dataset, load_mnist  # noqa: E402
+from components.data import Dataset, build_dataset  # noqa: E402
+from components.datafiles import load_mnist  # noqa: E402
 from components.metrics import expected_calibration_error  # noqa: E402
 from components.models import TTA_SHIFTS  # noqa: E402
 from components.stem import flatten, preprocess  # noqa: E402

@@ -22,7 +22,7 @@ STAGES = {
     "gate": "components.gate",
     "deploy": "components.deploy",
     "report": "components.report",
-    "kaggle": "components.kaggle",
+    "kaggle": "components.kaggle.cli",
     "feedback": "components.feedback",
     "tune": "components.tune",
 }
@@ -50,7 +50,7 @@ RUN_HELP = "run the training pipeline locally (kfp.local)"
 
 
 def _add_run(sub) -> None:
-    from components.kaggle import MODES
+    from components.kaggle.job import MODES
     from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS, RUNNERS
     from pipelines.training import pipeline_defaults
 
@@ -201,7 +201,7 @@ def _registry(args) -> int:
             result = registry.set_production(args.version, args.reason).__dict__
         elif args.verb == "export":
             from components.export import export_registered
-            from components.kaggle import holdout_digits
+            from components.kaggle.job import holdout_digits
 
             images, _, _ = holdout_digits(args.dataset)
             result = export_registered(registry, args.version, images)
@@ -322,7 +322,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
     import importlib
 
     from components.contract import StageError
-    from components.data import DataError
+    from components.datafiles import DataError
     from components.registry import RegistryError
 
     try:
@@ -353,24 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except Exception as error:  # one clear line for users; tracebacks are for bugs
-        from components.contract import StageError
-        from components.data import DataError
-        from components.models import ModelError
-        from components.registry import RegistryError
+        from components.errors import report
 
-        if args.command == "run":
-            from pipelines.local import RunFailed
-
-            if isinstance(error, RunFailed):
-                print(f"digits {args.command}: {error}", file=sys.stderr)
-                return error.exit_code
-        if isinstance(error, (StageError, ModelError)):
-            print(f"digits {args.command}: {error}", file=sys.stderr)
-            return 1
-        if isinstance(error, (DataError, RegistryError, ValueError)):
-            print(f"digits {args.command}: {error}", file=sys.stderr)
-            return 2
-        raise
+        return report(args.command, error)  # RunFailed carries its own exit code
 
 
 if __name__ == "__main__":

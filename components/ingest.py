@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from components.argparsing import fraction, make_parser, positive_int
-from components.data import DataError, Dataset, add_feedback, ingest
+from components.data import Dataset, add_feedback, ingest
+from components.errors import report
 from components.feedback import DEFAULT_CAP, USE_FEEDBACK, load_feedback
 from components.registry import open_registry
 
@@ -80,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path=args.csv, train_size=args.train_size, holdout_size=args.holdout_size,
             feedback=args.feedback, feedback_cap=args.feedback_cap,
             feedback_weight=args.feedback_weight)
-    except DataError as error:
-        print(f"digits ingest: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # the one policy: a line and an exit code, or a traceback
+        return report("ingest", error)
     print(json.dumps({"sizes": dataset.manifest["sizes"], "source": dataset.manifest["source"],
                       "feedback": dataset.manifest.get("feedback")}))
     return 0

@@ -290,6 +290,6 @@ def kaggle_submit(
         mode: "auto", "online" (submit; fail without credentials) or "offline".
         test_csv: Kaggle's test.csv inside the container; empty: score the holdout.
     """
-    from components.kaggle import run_for_kfp
+    from components.kaggle.job import run_for_kfp
 
     return run_for_kfp(deployed, dataset.path, submission, mode=mode, test_csv=test_csv)

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from components.argparsing import key_value, make_parser, positive_int
-from components.data import DataError, Dataset, write_atomically
+from components.data import Dataset
+from components.datafiles import DataError, write_atomically
 from components.images import TRAIN_IMAGE
 from components.metrics import log_loss
 from components.models import MODEL_KINDS, create_model

@@ -21,7 +21,8 @@ import PIL.Image  # noqa: E402,F401
 import uvloop  # noqa: E402,F401
 
 import components.export  # noqa: E402
-import components.kaggle  # noqa: E402,F401
+import components.kaggle.cli  # noqa: E402
+import components.kaggle.job  # noqa: E402,F401
 import serving.app  # noqa: E402,F401
 from components.features import feature_rows  # noqa: E402
 from components.models import MODEL_KINDS  # noqa: E402

@@ -217,7 +217,7 @@ def test_serving_side_commands_never_import_the_training_stack():
         "        cli.main(argv)",
         "    except SystemExit:",
         "        pass",
-        "import components.export, components.kaggle, serving.app",
+        "import components.export, components.kaggle.cli, components.kaggle.job, serving.app",
         "heavy = ('kfp', 'pipelines', 'tensorflow', 'keras', 'xgboost', 'treelite', 'scipy',",
         "         'sklearn', 'matplotlib', 'optuna', 'docker')",
         "print(sorted(m for m in heavy if m in sys.modules))"])

@@ -329,7 +329,7 @@ def test_kaggle_job_is_optional(base, kaggle):
     container = pod_spec(job)["containers"][0]
     assert container["command"] == ["digits", "kaggle", "run"]
     # The arguments are ones `digits kaggle run` accepts (parsed by the real CLI).
-    from components.kaggle import parser
+    from components.kaggle.cli import parser
 
     parsed = parser().parse_args(["run", *container["args"]])
     assert str(parsed.test) == "/data/test.csv"
