@@ -16,7 +16,6 @@ predicts exactly as it did.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 #: The temperature of an uncalibrated model: probabilities pass through unchanged.
 NEUTRAL = 1.0
@@ -43,6 +42,8 @@ def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
     The objective is convex in ``1/T`` and smooth in ``log T``, so a bounded
     scalar search finds it in a few dozen evaluations of ``N × 10`` arrays.
     """
+    from scipy.optimize import minimize_scalar  # fitting is training's: no SciPy to serve
+
     proba = np.asarray(proba, dtype=np.float64)
     labels = np.asarray(labels)
     if len(labels) == 0:

@@ -1,7 +1,9 @@
 """digits: one command for every stage, the local pipeline, the registry and serving.
 
 Subcommands import what they need when they run, so `digits --help` is
-instant and `digits registry list` never loads TensorFlow.
+instant and `digits registry list` never loads TensorFlow. Only `digits run`
+builds its parser from the pipeline (kfp): serve, kaggle and registry work in
+the serving image, which has neither kfp nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def _models(value: str) -> list[str]:
     return models
 
 
+RUN_HELP = "run the training pipeline locally (kfp.local)"
+
+
 def _add_run(sub) -> None:
     from components.kaggle.job import MODES
     from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS, RUNNERS
@@ -55,7 +60,7 @@ def _add_run(sub) -> None:
         quick = QUICK_ARGUMENTS.get(name)
         return f" (default: {defaults[name]}" + (f"; --quick: {quick})" if quick else ")")
 
-    p = sub.add_parser("run", help="run the training pipeline locally (kfp.local)",
+    p = sub.add_parser("run", help=RUN_HELP,
                        description="Run the training pipeline on this machine: ingest, train "
                        "each model, evaluate, gate against production, report, deploy.",
                        formatter_class=HelpFormatter)
@@ -169,12 +174,18 @@ def _add_registry(sub) -> None:
     for name, text in (("list", "every version, newest first"),
                        ("show", "one version's metadata"),
                        ("promote", "point production at a version (checksums verified)"),
-                       ("rollback", "point production back at the previous version")):
+                       ("rollback", "point production back at the previous version"),
+                       ("export", "add the inference form (ONNX) to a version "
+                        "promoted before exports existed; needs the training image")):
         v = verbs.add_parser(name, help=text)
-        if name in ("show", "promote"):
+        if name in ("show", "promote", "export"):
             v.add_argument("version")
         if name in ("promote", "rollback"):
             v.add_argument("--reason", default=f"manual {name}")
+        if name == "export":
+            v.add_argument("--dataset", type=Path,
+                           help="an ingested dataset whose holdout checks the export "
+                           "(default: MNIST's test set)")
         v.add_argument("--json", action="store_true")
 
 
@@ -188,6 +199,12 @@ def _registry(args) -> int:
             result = registry.describe(args.version)
         elif args.verb == "promote":
             result = registry.set_production(args.version, args.reason).__dict__
+        elif args.verb == "export":
+            from components.export import export_registered
+            from components.kaggle.job import holdout_digits
+
+            images, _, _ = holdout_digits(args.dataset)
+            result = export_registered(registry, args.version, images)
         else:
             result = registry.rollback(args.reason).__dict__
     if args.json:
@@ -196,6 +213,13 @@ def _registry(args) -> int:
         print(format_versions(result))
     elif args.verb == "show":
         print(format_version(result))
+    elif args.verb == "export":
+        record = result["export"]
+        print(f"{result['version']}: " + (
+            "needs no export (its weights are plain numpy)" if record is None else
+            f"{record['file']} ({record['runtime']}), {record['checked_on']:,} holdout digits, "
+            f"max |diff| {record['max_abs_diff']:.1e}"
+            + ("" if result["changed"] else " (already there)")))
     else:
         print(f"production -> {result['version']} ({result['reason']})")
     return 0
@@ -263,11 +287,19 @@ def _compile(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``digits`` parser; ``run``'s own flags unless ``command`` is another one.
+
+    Those flags come from the pipeline (kfp), so for any other command ``run``
+    is listed by name alone: ``digits registry ...`` must work where kfp is absent.
+    """
     parser = argparse.ArgumentParser(prog="digits", description=plain(__doc__),
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
+    if command in (None, "run"):
+        _add_run(sub)
+    else:
+        sub.add_parser("run", help=RUN_HELP, add_help=False)
     _add_registry(sub)
     p = sub.add_parser("compile", help="compile the KFP pipeline YAML")
     p.add_argument("--output", type=Path, default=None,
@@ -316,22 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     handlers = {"run": _run, "registry": _registry, "compile": _compile}
     try:
         return handlers[args.command](args)
     except Exception as error:  # one clear line for users; tracebacks are for bugs
-        from components.datafiles import DataError
-        from components.registry import RegistryError
-        from pipelines.local import RunFailed
+        from components.errors import report
 
-        if isinstance(error, RunFailed):
-            print(f"digits {args.command}: {error}", file=sys.stderr)
-            return error.exit_code
-        if isinstance(error, (DataError, RegistryError, ValueError)):
-            print(f"digits {args.command}: {error}", file=sys.stderr)
-            return 2
-        raise
+        return report(args.command, error)  # RunFailed carries its own exit code
 
 
 if __name__ == "__main__":

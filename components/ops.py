@@ -25,11 +25,13 @@ from kfp.dsl import (
     Output,
 )
 
-from components.images import SERVE_IMAGE, TRAIN_IMAGE
+from components.images import TRAIN_IMAGE
 
+#: Every step runs in the training image: a lightweight KFP component needs kfp in its
+#: image, which the serving image leaves out. The Kaggle step still predicts exactly as
+#: the server does: both load the version's inference form (components.models.load_model)
+#: on the same runtime, installed in both images from the same pins.
 component = dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-#: The Kaggle step predicts exactly as the server does: in the serving image.
-serve_component = dsl.component(base_image=SERVE_IMAGE, install_kfp_package=False)
 
 
 @component
@@ -267,7 +269,7 @@ def deploy(
                        expect=expect, run_id=run_id)
 
 
-@serve_component
+@component
 def kaggle_submit(
     dataset: Input[Dataset],
     deployed: str,

