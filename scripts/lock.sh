@@ -33,7 +33,8 @@ compile requirements.lock --extra train
 compile requirements-dev.lock --extra train --extra dev
 # The serving image runs what the training image runs, version for version: its lock is
 # resolved within requirements.lock's pins, only without the `train` extra.
-pins=$(mktemp)
+# (a fixed relative name: it is written into the lock's "via" comments)
+pins=requirements.lock.pins
 trap 'rm -f "$pins"' EXIT
 sed -n 's/^\([a-z0-9][^ ]*==[^ ]*\).*/\1/p' requirements.lock > "$pins"
 compile requirements-serve.lock --constraint "$pins"
