@@ -1,7 +1,8 @@
-"""Serving benchmark: our server vs MLServer vs in-process predict, one XGBoost model.
+"""Serving benchmark: our server vs MLServer vs in-process predict (XGBoost), and the CNN.
 
     python bench/serving.py [--duration 3] [--concurrency 1,8,32] [--batches 1,64]
-                            [--no-mlserver] [--json results.json]
+                            [--no-mlserver] [--no-grpc] [--no-cnn] [--cnn-dir DIR]
+                            [--json results.json]
 
 What it does, in one run (about 2-3 minutes on 2 cores; the first run also
 trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
@@ -16,11 +17,18 @@ trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
    probabilities for the same digits;
 5. measures requests/s and p50/p99 latency for single images and 64-image
    batches at several concurrency levels (closed loop, keep-alive, 127.0.0.1
-   only), plus the in-process ``predict_proba`` limit, and prints a table and
-   the ratios;
+   only), over HTTP (JSON, and binary for 64-image batches) and over our gRPC
+   port (``ModelInfer`` with ``raw_input_contents``, one connection per client),
+   plus the in-process ``predict_proba`` limit, and prints a table and the ratios;
 6. measures what a well-behaved client gets while slow clients (trickling
    headers or a body a byte every 2 s, or idle) hold 3 and 24 connections,
-   against both servers.
+   against both servers;
+7. the model users get: a CNN of the production architecture (trained briefly
+   on the same digits and cached, or ``--cnn-dir``: e.g. a downloaded
+   production version), exported and checked as deploy does, is served by
+   ``digits serve`` through onnxruntime and measured end to end (single
+   images and 64-image batches, JSON and binary), beside its in-process
+   predict on onnxruntime and on Keras (the framework it was trained in).
 
 MLServer runs in its best configuration measured here: ``parallel_workers=0``
 (inference in the HTTP process; its default of 1 adds a hop to a worker
@@ -65,7 +73,7 @@ for _path in (BENCH, ROOT):  # ROOT first: ``serving`` is the package, not this 
 
 import loadgen  # noqa: E402
 
-from components.data import load_mnist  # noqa: E402
+from components.datafiles import load_mnist  # noqa: E402
 from components.models import create_model, load_model  # noqa: E402
 
 MODEL_NAME = "digits"
@@ -73,6 +81,9 @@ MODEL_NAME = "digits"
 TRAIN_SIZE = 6000
 ROUNDS = 40
 DEPTH = 6
+#: The benchmark CNN: the production architecture and test-time views, trained briefly
+#: (its speed does not depend on how well it learned).
+CNN_EPOCHS = 2
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "uvloop==0.21.0", "xgboost-cpu", "scikit-learn"]
 MLSERVER_NO_DEPS = ["mlserver-xgboost==1.7.1"]  # it would pull the 500 MB CUDA xgboost
 READY_TIMEOUT_S = 120
@@ -152,29 +163,57 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     return directory, accuracy
 
 
+def trained_cnn(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
+    """Train (or reuse) the benchmark CNN with its inference form; directory and accuracy."""
+    from components.export import export_checked
+
+    directory = ROOT / ".digits" / "bench" / f"cnn-{TRAIN_SIZE}-{CNN_EPOCHS}"
+    info_path = directory / "bench.json"
+    if info_path.exists():
+        return directory, json.loads(info_path.read_text())["accuracy"]
+    log(f"training the CNN ({CNN_EPOCHS} epochs) on {TRAIN_SIZE} MNIST digits…")
+    started = time.perf_counter()
+    model = create_model("cnn", epochs=CNN_EPOCHS)
+    with contextlib.redirect_stdout(sys.stderr):
+        model.fit(x_train[:TRAIN_SIZE], y_train[:TRAIN_SIZE], x_test[:1000], y_test[:1000])
+    accuracy = float((model.predict(x_test) == y_test).mean())
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    record = export_checked(tmp, x_test[:2000])
+    (tmp / "bench.json").write_text(json.dumps({"accuracy": accuracy, "export": record}))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    log(f"trained and exported in {time.perf_counter() - started:.0f}s, test accuracy "
+        f"{accuracy:.4f}, export max |diff| {record['max_abs_diff']:.1e}")
+    return directory, accuracy
+
+
 # --------------------------------------------------------------------------- servers
 
 
 @contextlib.contextmanager
-def our_server(model_dir: Path, workdir: Path) -> Iterator[int]:
-    """Registry (embedded S3) + ``digits serve``; yields the port."""
+def our_server(model_dir: Path, workdir: Path, grpc_port: int = 0,
+               kind: str = "xgboost") -> Iterator[int]:
+    """Registry (embedded S3) + ``digits serve`` (gRPC on ``grpc_port``, 0: none) on
+    a ``kind`` model; yields the HTTP port."""
     from minio import Minio
 
     from components.registry import Registry
     from components.s3local import LocalS3
 
-    s3 = LocalS3(workdir / "s3").start()
+    s3 = LocalS3(workdir / f"s3-{kind}").start()
     try:
         registry = Registry(Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False,
                                   region="us-east-1"), "bench")
-        version = registry.promote(model_dir, {"kind": "xgboost", "metrics": {}}, "benchmark")
+        version = registry.promote(model_dir, {"kind": kind, "metrics": {}}, "benchmark")
         port = free_port()
         env = {**os.environ, **s3.environ(), "DIGITS_BUCKET": "bench",
                "DIGITS_MODEL_NAME": MODEL_NAME, "DIGITS_POLL_INTERVAL_S": "30",
-               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / "home"),
-               "DIGITS_METRICS_PORT": str(free_port())}
+               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / f"home-{kind}"),
+               "DIGITS_METRICS_PORT": str(free_port()), "DIGITS_GRPC_PORT": str(grpc_port)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        with (workdir / "digits-serve.log").open("wb") as out:
+        with (workdir / f"digits-serve-{kind}.log").open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "serving.cli", "--host", loadgen.LOCALHOST,
                  "--port", str(port)],
@@ -271,6 +310,36 @@ def mlserver_body(images: np.ndarray) -> bytes:
         "outputs": [{"name": "predict_proba"}]}, separators=(",", ":")).encode()
 
 
+def our_grpc_request(images: np.ndarray) -> bytes:
+    """A serialized ``ModelInferRequest``: the images as ``raw_input_contents``, as
+    ``tritonclient.grpc`` sends them (this process uses our stubs, never Triton's)."""
+    from serving.oip import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL_NAME,
+                                   raw_input_contents=[images.tobytes()])
+    request.inputs.add(name="images", datatype="UINT8", shape=[len(images), 784])
+    request.outputs.add(name="probabilities")
+    return request.SerializeToString()
+
+
+def grpc_pool(images: np.ndarray, batch: int, count: int = 32) -> list[bytes]:
+    return [our_grpc_request(images[i * batch:(i + 1) * batch]) for i in range(count)]
+
+
+def grpc_probabilities(port: int, images: np.ndarray) -> np.ndarray:
+    """Our gRPC port's answer for ``images``, for the same-answers check."""
+    import grpc
+
+    from serving.oip import inference_pb2 as pb
+
+    with grpc.insecure_channel(f"{loadgen.LOCALHOST}:{port}") as channel:
+        raw = channel.unary_unary(loadgen.GRPC_INFER)(our_grpc_request(images), timeout=30)
+    answer = pb.ModelInferResponse.FromString(raw)
+    [output] = answer.outputs
+    return np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(
+        list(output.shape)).astype(np.float64)
+
+
 def request_pool(images: np.ndarray, batch: int, make_body, port: int, count: int = 32
                  ) -> list[bytes]:
     path = f"/v2/models/{MODEL_NAME}/infer"
@@ -291,10 +360,18 @@ def probabilities(port: int, body: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------- measuring
 
 
-def in_process(model_dir: Path, images: np.ndarray, batch: int, duration: float) -> dict:
-    """The model's own ``predict_proba`` in a loop, one thread: the cost of the math alone."""
-    model = load_model(model_dir)
-    model._model.get_booster().set_param("nthread", 1)
+def in_process(model_dir: Path, images: np.ndarray, batch: int, duration: float, *,
+               server: str = "in-process", exported: bool = True) -> dict:
+    """The model's own ``predict_proba`` in a loop, one thread: the cost of the math alone.
+
+    ``exported``: through the inference form when the directory has one (what the
+    server runs), else the training framework. TensorFlow fixes its thread pools at
+    start-up (digits serve sets them through the environment), so a Keras row runs on
+    the process's pools, whatever ``set_threads`` asks.
+    """
+    model = load_model(model_dir, exported=exported)
+    model.set_threads(1)
+    model.predict_proba(images[:batch])  # first-call paths (graph tracing) are not the cost
     latencies = []
     index, deadline = 0, time.perf_counter() + duration
     while time.perf_counter() < deadline:
@@ -304,15 +381,18 @@ def in_process(model_dir: Path, images: np.ndarray, batch: int, duration: float)
         latencies.append(time.perf_counter() - started)
         index += 1
     total = sum(latencies)
-    return {"server": "in-process", "batch": batch, "concurrency": 1,
+    log(f"{server:13s} batch {batch:3d} ({model.platform}) p50 "
+        f"{1000 * float(np.percentile(latencies, 50)):.3f} ms")
+    return {"server": server, "batch": batch, "concurrency": 1, "platform": model.platform,
             "rps": len(latencies) / total, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "p99_ms": 1000 * float(np.percentile(latencies, 99)), "errors": 0}
 
 
 def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: int,
-            duration: float) -> dict:
-    result = loadgen.run(port, pool, concurrency=concurrency, duration=duration,
-                         warmup=min(1.0, duration / 4))
+            duration: float, *, grpc: bool = False) -> dict:
+    run = loadgen.run_grpc if grpc else loadgen.run
+    result = run(port, pool, concurrency=concurrency, duration=duration,
+                 warmup=min(1.0, duration / 4))
     row = {"server": server, "batch": batch, "concurrency": concurrency, "rps": result.rps,
            "p50_ms": 1000 * result.percentile(50), "p99_ms": 1000 * result.percentile(99),
            "errors": result.errors, "requests": result.count}
@@ -328,19 +408,21 @@ def markdown(rows: list[dict]) -> str:
             and not r.get("overload")}
     theirs = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "mlserver"}
     binary = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits-bin"}
+    grpc = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits-grpc"}
     limit = {r["batch"]: r for r in rows if r["server"] == "in-process"}
     lines = ["| batch, concurrency | digits req/s | MLServer req/s | throughput | "
              "digits p99 ms | MLServer p99 ms | p99, MLServer ÷ digits | binary req/s | "
-             "share of in-process limit |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "gRPC req/s | gRPC p99 ms | share of in-process limit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in sorted(ours):
-        a, b, c = ours[key], theirs.get(key), binary.get(key)
+        a, b, c, d = ours[key], theirs.get(key), binary.get(key), grpc.get(key)
         lines.append(
             f"| {key[0]}, {key[1]} | {a['rps']:,.0f} | "
             + (f"{b['rps']:,.0f} | {a['rps'] / b['rps']:.2f}× | " if b else "– | – | ")
             + f"{a['p99_ms']:.2f} | "
             + (f"{b['p99_ms']:.2f} | {b['p99_ms'] / a['p99_ms']:.2f}× | " if b else "– | – | ")
             + (f"{c['rps']:,.0f} | " if c else "– | ")
+            + (f"{d['rps']:,.0f} | {d['p99_ms']:.2f} | " if d else "– | – | ")
             + (f"{a['rps'] / limit[key[0]]['rps']:.2f}× |" if key[0] in limit else "– |"))
     for row in rows:
         if row.get("overload"):
@@ -349,6 +431,37 @@ def markdown(rows: list[dict]) -> str:
                       f"{row['shed_rps']:,.0f}/s shed with 503 + Retry-After, p99 of every "
                       f"answer {row['p99_all_ms']:.1f} ms, {row['connection_errors']} "
                       "connection errors."]
+    return "\n".join(lines)
+
+
+#: The CNN's rows: servers as the tables name them.
+CNN_SERVERS = ("cnn", "cnn-bin", "cnn-onnx", "cnn-keras")
+
+
+def cnn_markdown(rows: list[dict]) -> str:
+    """The CNN served end to end (JSON and binary) against its in-process predict."""
+    by = {(r["server"], r["batch"], r["concurrency"]): r for r in rows
+          if r.get("server") in CNN_SERVERS}
+    if not by:
+        return ""
+    limit = {key[1]: row for key, row in by.items() if key[0] == "cnn-onnx"}
+    keras = {key[1]: row for key, row in by.items() if key[0] == "cnn-keras"}
+    lines = ["| batch | in-process onnxruntime p50 ms | in-process Keras p50 ms | "
+             "onnxruntime ÷ Keras time |", "| --- | --- | --- | --- |"]
+    for batch in sorted(limit):
+        a, b = limit[batch], keras.get(batch)
+        lines.append(f"| {batch} | {a['p50_ms']:.3f} | "
+                     + (f"{b['p50_ms']:.3f} | {a['p50_ms'] / b['p50_ms']:.2f}× |" if b
+                        else "– | – |"))
+    lines += ["", "| batch, concurrency | JSON req/s | JSON p99 ms | binary req/s | "
+              "binary p99 ms | JSON share of in-process limit |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for _, batch, concurrency in sorted(key for key in by if key[0] == "cnn"):
+        a, b = by[("cnn", batch, concurrency)], by.get(("cnn-bin", batch, concurrency))
+        lines.append(f"| {batch}, {concurrency} | {a['rps']:,.0f} | {a['p99_ms']:.2f} | "
+                     + (f"{b['rps']:,.0f} | {b['p99_ms']:.2f} | " if b else "– | – | ")
+                     + (f"{a['rps'] / limit[batch]['rps']:.2f}× |" if batch in limit
+                        else "– |"))
     return "\n".join(lines)
 
 
@@ -362,12 +475,12 @@ def print_table(rows: list[dict], accuracy: float) -> None:
           f"at once ({config.threads} threads); MLServer "
           f"parallel_workers={os.environ.get('BENCH_MLSERVER_PARALLEL_WORKERS', '0')}, "
           "OMP_NUM_THREADS=1; closed-loop clients on 127.0.0.1\n")
-    header = (f"{'server':<11}{'batch':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
+    header = (f"{'server':<12}{'batch':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
               f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['server']:<11}{row['batch']:>6}{row['concurrency']:>6}{row['rps']:>10.1f}"
+        print(f"{row['server']:<12}{row['batch']:>6}{row['concurrency']:>6}{row['rps']:>10.1f}"
               f"{row['rps'] * row['batch']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
               f"{row['errors']:>8}")
     ours = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits"}
@@ -453,11 +566,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated concurrency levels (default 1,8,32)")
     parser.add_argument("--batches", default="1,64", help="images per request (default 1,64)")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
+    parser.add_argument("--no-grpc", action="store_true", help="skip our gRPC rows")
     parser.add_argument("--overload", type=int, default=OVERLOAD_CONCURRENCY,
                         help="connections for the overload row, far above what the "
                              f"workers answer at once (default {OVERLOAD_CONCURRENCY}; 0: skip)")
     parser.add_argument("--slow-clients", default="3,24",
                         help="slow-client counts for the hostile rows (default 3,24; '': skip)")
+    parser.add_argument("--no-cnn", action="store_true", help="skip the CNN section")
+    parser.add_argument("--cnn-dir", type=Path,
+                        help="a CNN model directory with its inference form (e.g. a "
+                        "downloaded production version; default: train one, cached)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -472,12 +590,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = [in_process(model_dir, images, batch, min(args.duration, 2.0)) for batch in batches]
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-bench-")))
-        ours = stack.enter_context(our_server(model_dir, workdir))
+        grpc_port = 0 if args.no_grpc else free_port()
+        ours = stack.enter_context(our_server(model_dir, workdir, grpc_port))
         theirs = stack.enter_context(mlserver(model_dir, workdir, venv)) if venv else None
 
         reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
         ours_p = probabilities(ours, our_body(images[:64]))
         log(f"same answers: digits vs in-process max |diff| {np.abs(ours_p - reference).max():.2e}")
+        if grpc_port:
+            grpc_p = grpc_probabilities(grpc_port, images[:64])
+            log(f"same answers: digits gRPC vs in-process max |diff| "
+                f"{np.abs(grpc_p - reference).max():.2e}")
         if theirs:
             theirs_p = probabilities(theirs, mlserver_body(images[:64]))
             log(f"same answers: MLServer vs in-process max |diff| "
@@ -491,6 +614,10 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in batches:
                     loadgen.run(port, request_pool(images, batch, body, port), concurrency=4,
                                 duration=WARM_UP_S, warmup=0)
+        if grpc_port:
+            for batch in batches:
+                loadgen.run_grpc(grpc_port, grpc_pool(images, batch), concurrency=4,
+                                 duration=WARM_UP_S, warmup=0)
         for batch in batches:
             our_pool = request_pool(images, batch, our_body, ours)
             their_pool = request_pool(images, batch, mlserver_body, theirs) if theirs else None
@@ -506,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
                                    for i in range(32)]
                     rows.append(measure("digits-bin", ours, binary_pool, batch, concurrency,
                                         args.duration))
+                if grpc_port:
+                    rows.append(measure("digits-grpc", grpc_port, grpc_pool(images, batch),
+                                        batch, concurrency, args.duration, grpc=True))
         if args.overload:
             overload = measure_overload(ours, request_pool(images, 1, our_body, ours),
                                         args.overload, args.duration)
@@ -520,8 +650,13 @@ def main(argv: list[str] | None = None) -> int:
                     hostile.append(measure_hostile(name, port, good, count,
                                                    HOSTILE_DURATION_S))
 
+    if not args.no_cnn:
+        rows += cnn_section(args, x_train, y_train, x_test, y_test, levels, batches)
     rows.sort(key=lambda r: (r["batch"], r["concurrency"], r["server"]))
-    print_table(rows, accuracy)
+    print_table([r for r in rows if r["server"] not in CNN_SERVERS], accuracy)
+    if not args.no_cnn:
+        print("\nThe CNN (production architecture, test-time views included), served by "
+              "digits serve through onnxruntime, and in process:\n" + cnn_markdown(rows))
     if args.overload:
         print_overload(overload)
         rows.append(overload)
@@ -533,6 +668,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def cnn_section(args, x_train, y_train, x_test, y_test, levels: list[int],
+                batches: list[int]) -> list[dict]:
+    """The CNN: in process (onnxruntime, Keras), then served end to end, JSON and binary."""
+    if args.cnn_dir:
+        model_dir = args.cnn_dir
+    else:
+        model_dir, accuracy = trained_cnn(x_train, y_train, x_test, y_test)
+        log(f"bench CNN: test accuracy {accuracy:.4f}")
+    if not (model_dir / "model.onnx").is_file():
+        sys.exit(f"{model_dir} has no model.onnx: export it first (digits registry export)")
+    images = x_test[:64 * 32]
+    duration = min(args.duration, 2.0)
+    rows = [in_process(model_dir, images, batch, duration, server=server, exported=exported)
+            for batch in batches
+            for server, exported in (("cnn-onnx", True), ("cnn-keras", False))]
+    with (tempfile.TemporaryDirectory(prefix="digits-bench-cnn-") as workdir,
+          our_server(model_dir, Path(workdir), kind="cnn") as port):
+        reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
+        served = probabilities(port, our_body(images[:64]))
+        log(f"same answers: served CNN vs in-process max |diff| "
+            f"{np.abs(served - reference).max():.2e}")
+        for batch in batches:
+            loadgen.run(port, request_pool(images, batch, our_body, port), concurrency=4,
+                        duration=WARM_UP_S, warmup=0)
+        for batch in batches:
+            json_pool = request_pool(images, batch, our_body, port)
+            binary_pool = [our_binary_request(images[i * batch:(i + 1) * batch], port)
+                           for i in range(32)]
+            for concurrency in levels:
+                rows.append(measure("cnn", port, json_pool, batch, concurrency,
+                                    args.duration))
+                rows.append(measure("cnn-bin", port, binary_pool, batch, concurrency,
+                                    args.duration))
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """digits: one command for every stage, the local pipeline, the registry and serving.
 
 Subcommands import what they need when they run, so `digits --help` is
-instant and `digits registry list` never loads TensorFlow.
+instant and `digits registry list` never loads TensorFlow. Only `digits run`
+builds its parser from the pipeline (kfp): serve, kaggle and registry work in
+the serving image, which has neither kfp nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ STAGES = {
     "gate": "components.gate",
     "deploy": "components.deploy",
     "report": "components.report",
-    "kaggle": "components.kaggle",
+    "kaggle": "components.kaggle.cli",
     "feedback": "components.feedback",
+    "tune": "components.tune",
 }
 STAGE_HELP = {
     "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
     "kaggle": "predict Kaggle's test.csv and submit ImageId,Label (digits kaggle run ...)",
     "feedback": "list or purge the digits users labelled (digits feedback list|purge)",
+    "tune": "search a family's settings on train/validation; write a params file for "
+            "digits run --params (digits tune --family xgboost --budget 5)",
 }
 
 
@@ -41,8 +46,11 @@ def _models(value: str) -> list[str]:
     return models
 
 
+RUN_HELP = "run the training pipeline locally (kfp.local)"
+
+
 def _add_run(sub) -> None:
-    from components.kaggle import MODES
+    from components.kaggle.job import MODES
     from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS, RUNNERS
     from pipelines.training import pipeline_defaults
 
@@ -52,7 +60,7 @@ def _add_run(sub) -> None:
         quick = QUICK_ARGUMENTS.get(name)
         return f" (default: {defaults[name]}" + (f"; --quick: {quick})" if quick else ")")
 
-    p = sub.add_parser("run", help="run the training pipeline locally (kfp.local)",
+    p = sub.add_parser("run", help=RUN_HELP,
                        description="Run the training pipeline on this machine: ingest, train "
                        "each model, evaluate, gate against production, report, deploy.",
                        formatter_class=HelpFormatter)
@@ -69,6 +77,9 @@ def _add_run(sub) -> None:
     p.add_argument("--train-size", type=positive_int,
                    help="training digits, a stratified subsample (default: all"
                    + (f"; --quick: {QUICK_ARGUMENTS['train_size']})"))
+    p.add_argument("--params", type=Path, action="append", default=[], metavar="FILE",
+                   help="a family's settings from `digits tune` (params.json), one file per "
+                   "family; they override --quick, and explicit flags override them")
     p.add_argument("--epochs", type=positive_int, help="CNN epochs" + default("epochs"))
     p.add_argument("--xgb-rounds", type=positive_int,
                    help="XGBoost boosting rounds" + default("xgb_rounds"))
@@ -98,11 +109,41 @@ def _add_run(sub) -> None:
                    help="stream every task's full output (always kept in the run's logs/)")
 
 
-def _run(args) -> int:
-    from pipelines.local import QUICK_ARGUMENTS, format_summary, run_pipeline
+def params_arguments(files: list[Path], models: list[str]) -> dict[str, object]:
+    """``--params`` files → pipeline arguments; a file for a family not trained, or a
+    second file for the same family, is refused rather than silently ignored."""
+    from components.tune import read_params
+    from pipelines.training import family_arguments
+
+    arguments: dict[str, object] = {}
+    seen: dict[str, Path] = {}
+    for path in files:
+        family, params = read_params(path)
+        if family in seen:
+            raise ValueError(f"--params {path}: {family} settings already come from {seen[family]}")
+        if family not in models:
+            raise ValueError(f"--params {path}: this run does not train {family} "
+                             f"(--models {','.join(models)})")
+        seen[family] = path
+        try:
+            arguments.update(family_arguments(family, params))
+        except ValueError as error:
+            raise ValueError(f"--params {path}: {error}") from None
+    return arguments
+
+
+def run_arguments(args) -> tuple[dict[str, object], list[str]]:
+    """``digits run``'s flags → the pipeline's arguments and the families to train.
+
+    Precedence, lowest first: the pipeline's defaults, ``--quick``, ``--params``
+    files, then every flag given explicitly.
+    """
+    from pipelines.local import QUICK_ARGUMENTS
     from pipelines.training import MODEL_FAMILIES
 
+    models = list(args.models or MODEL_FAMILIES)
     arguments = dict(QUICK_ARGUMENTS) if args.quick else {}
+    arguments.update(params_arguments(args.params, models))
     explicit = {
         "source": args.source, "seed": args.seed,
         "mnist_dir": str(args.mnist_dir.resolve()) if args.mnist_dir else None,
@@ -115,8 +156,14 @@ def _run(args) -> int:
         "kaggle_test_csv": str(args.kaggle_test.resolve()) if args.kaggle_test else None,
     }
     arguments.update({k: v for k, v in explicit.items() if v is not None})
-    summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose,
-                           runner=args.runner)
+    return arguments, models
+
+
+def _run(args) -> int:
+    from pipelines.local import format_summary, run_pipeline
+
+    arguments, models = run_arguments(args)
+    summary = run_pipeline(arguments, models, verbose=args.verbose, runner=args.runner)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
@@ -127,12 +174,18 @@ def _add_registry(sub) -> None:
     for name, text in (("list", "every version, newest first"),
                        ("show", "one version's metadata"),
                        ("promote", "point production at a version (checksums verified)"),
-                       ("rollback", "point production back at the previous version")):
+                       ("rollback", "point production back at the previous version"),
+                       ("export", "add the inference form (ONNX) to a version "
+                        "promoted before exports existed; needs the training image")):
         v = verbs.add_parser(name, help=text)
-        if name in ("show", "promote"):
+        if name in ("show", "promote", "export"):
             v.add_argument("version")
         if name in ("promote", "rollback"):
             v.add_argument("--reason", default=f"manual {name}")
+        if name == "export":
+            v.add_argument("--dataset", type=Path,
+                           help="an ingested dataset whose holdout checks the export "
+                           "(default: MNIST's test set)")
         v.add_argument("--json", action="store_true")
 
 
@@ -146,6 +199,12 @@ def _registry(args) -> int:
             result = registry.describe(args.version)
         elif args.verb == "promote":
             result = registry.set_production(args.version, args.reason).__dict__
+        elif args.verb == "export":
+            from components.export import export_registered
+            from components.kaggle.job import holdout_digits
+
+            images, _, _ = holdout_digits(args.dataset)
+            result = export_registered(registry, args.version, images)
         else:
             result = registry.rollback(args.reason).__dict__
     if args.json:
@@ -154,6 +213,13 @@ def _registry(args) -> int:
         print(format_versions(result))
     elif args.verb == "show":
         print(format_version(result))
+    elif args.verb == "export":
+        record = result["export"]
+        print(f"{result['version']}: " + (
+            "needs no export (its weights are plain numpy)" if record is None else
+            f"{record['file']} ({record['runtime']}), {record['checked_on']:,} holdout digits, "
+            f"max |diff| {record['max_abs_diff']:.1e}"
+            + ("" if result["changed"] else " (already there)")))
     else:
         print(f"production -> {result['version']} ({result['reason']})")
     return 0
@@ -221,11 +287,19 @@ def _compile(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``digits`` parser; ``run``'s own flags unless ``command`` is another one.
+
+    Those flags come from the pipeline (kfp), so for any other command ``run``
+    is listed by name alone: ``digits registry ...`` must work where kfp is absent.
+    """
     parser = argparse.ArgumentParser(prog="digits", description=plain(__doc__),
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
+    if command in (None, "run"):
+        _add_run(sub)
+    else:
+        sub.add_parser("run", help=RUN_HELP, add_help=False)
     _add_registry(sub)
     p = sub.add_parser("compile", help="compile the KFP pipeline YAML")
     p.add_argument("--output", type=Path, default=None,
@@ -248,7 +322,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
     import importlib
 
     from components.contract import StageError
-    from components.data import DataError
+    from components.datafiles import DataError
     from components.registry import RegistryError
 
     try:
@@ -278,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM stops a simulation as Ctrl-C does: steps saved, the S3 store stopped.
         with sigterm_as_interrupt():
             return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     handlers = {"run": _run, "registry": _registry, "compile": _compile}
     try:
         from components.stopping import sigterm_as_interrupt
@@ -289,17 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"digits {args.command}: {error or 'interrupted'}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
     except Exception as error:  # one clear line for users; tracebacks are for bugs
-        from components.data import DataError
-        from components.registry import RegistryError
-        from pipelines.local import RunFailed
+        from components.errors import report
 
-        if isinstance(error, RunFailed):
-            print(f"digits {args.command}: {error}", file=sys.stderr)
-            return error.exit_code
-        if isinstance(error, (DataError, RegistryError, ValueError)):
-            print(f"digits {args.command}: {error}", file=sys.stderr)
-            return 2
-        raise
+        return report(args.command, error)  # RunFailed carries its own exit code
 
 
 if __name__ == "__main__":

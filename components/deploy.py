@@ -3,6 +3,9 @@
 A promoted challenger goes to ``versions/`` and becomes production (the
 serving Deployment polls the pointer and rolls over by itself); a rejected
 one goes to ``failed/`` with the evidence, so nothing a run learned is lost.
+A promoted one first gets its inference form (:mod:`components.export`),
+proven on the holdout; an export that does not predict what the model
+predicts fails the stage and production stays as it was.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from components import __version__
 from components.argparsing import make_parser
@@ -28,6 +33,7 @@ from components.contract import (
     ModelEvaluation,
     StageError,
 )
+from components.data import Dataset
 from components.models import read_info
 from components.registry import FAILED, ProductionMoved, Registry, utcnow
 
@@ -79,7 +85,8 @@ def assemble(challenger_dir: Path, decision_dir: Path | None, report: Path | Non
 
 
 def deploy(registry: Registry, challenger_dir: Path, decision: GateDecision,
-           manifest: dict[str, Any], run_id: str = "") -> dict[str, Any]:
+           manifest: dict[str, Any], run_id: str = "", *,
+           holdout: np.ndarray) -> dict[str, Any]:
     """Promote or archive the challenger according to the decision; return where it went.
 
     A promotion only replaces the champion the gate judged against; if another
@@ -88,10 +95,17 @@ def deploy(registry: Registry, challenger_dir: Path, decision: GateDecision,
     the other run's model.
 
     ``challenger_dir`` is the assembled version (see :func:`assemble`). The
-    registry names the version (after ``run_id`` when there is one).
+    registry names the version (after ``run_id`` when there is one). A promoted
+    version's inference form is written into it and checked on ``holdout``
+    (the gate's digits) before anything is uploaded.
     """
     metadata = build_metadata(challenger_dir, decision, manifest, run_id)
     if decision.promoted:
+        from components.export import export_checked
+
+        record = export_checked(challenger_dir, holdout)
+        if record is not None:
+            metadata["export"] = record
         try:
             version = registry.promote(challenger_dir, metadata, decision.reason,
                                        expect_champion=metadata["champion_version"])
@@ -120,13 +134,25 @@ def run_deploy(challenger_dir: Path, decision_dir: Path, dataset_dir: Path,
     if expect and decision.decision != expect:
         raise StageError(f"decision is {decision.decision!r}, this branch expects {expect!r}")
     manifest = json.loads((Path(dataset_dir) / MANIFEST_FILE).read_text())
+    holdout, _ = Dataset.load(Path(dataset_dir)).split("holdout")
     if registry is None:
         from components.settings import get_settings
 
         registry = Registry.from_settings(get_settings())
     with tempfile.TemporaryDirectory() as tmp:
         version_dir = assemble(Path(challenger_dir), Path(decision_dir), report, Path(tmp) / "v")
-        return deploy(registry, version_dir, decision, manifest, run_id)
+        return deploy(registry, version_dir, decision, manifest, run_id, holdout=holdout)
+
+
+def run_for_kfp(challenger_path: str, decision_path: str, dataset_path: str, report_path: str,
+                *, expect: str, run_id: str) -> str:
+    """What the deploy component does: promote or archive; the outcome as JSON for later steps."""
+    from components.progress import headline
+
+    outcome = run_deploy(Path(challenger_path), Path(decision_path), Path(dataset_path),
+                         Path(report_path), expect=expect, run_id=run_id)
+    headline(f"{outcome['status']} {outcome['version']}")
+    return json.dumps(outcome)
 
 
 def main(argv: list[str] | None = None) -> int:

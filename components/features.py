@@ -9,7 +9,6 @@ applies exactly what training applied.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from components.stem import IMAGE_SIDE, MAX_PIXEL, as_images, flatten
 
@@ -43,12 +42,34 @@ def deskew(images: np.ndarray) -> np.ndarray:
     # rows keep their place, columns shear about the centre of mass.
     off_r = mean_r - _CENTRE
     off_c = mean_c - _CENTRE - alpha * _CENTRE
-    n = len(images)
     src_r = rows[None] + off_r[:, None, None]
     src_c = cols[None] + alpha[:, None, None] * rows[None] + off_c[:, None, None]
-    src_n = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], src_r.shape)
-    out = ndimage.map_coordinates(pixels, [src_n, src_r, src_c], order=1, mode="constant")
+    out = sample_bilinear(pixels, src_r, src_c)
     return np.clip(np.rint(out), 0, MAX_PIXEL).astype(np.uint8)
+
+
+def sample_bilinear(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``pixels[n]`` at fractional ``(rows[n], cols[n])``, bilinear; 0 outside the image.
+
+    What ``scipy.ndimage.map_coordinates(order=1, mode="constant")`` computes, to
+    the bit (tests/test_stem.py compares them; all 70,000 MNIST digits deskew
+    identically), in numpy alone: the serving image carries no SciPy. A point
+    outside ``[0, 27]`` on either axis is 0, like SciPy's.
+    """
+    n, height, width = pixels.shape
+    inside = (rows >= 0) & (rows <= height - 1) & (cols >= 0) & (cols <= width - 1)
+    top = np.clip(np.floor(rows), 0, height - 1).astype(np.intp)
+    left = np.clip(np.floor(cols), 0, width - 1).astype(np.intp)
+    bottom, right = np.minimum(top + 1, height - 1), np.minimum(left + 1, width - 1)
+    down = (rows - top).astype(np.float64)  # weights in float64, as SciPy's
+    across = (cols - left).astype(np.float64)
+    image = np.arange(n)[:, None, None]
+    values = pixels.astype(np.float64)
+    out = (values[image, top, left] * (1 - down) * (1 - across)
+           + values[image, top, right] * (1 - down) * across
+           + values[image, bottom, left] * down * (1 - across)
+           + values[image, bottom, right] * down * across)
+    return np.where(inside, out, 0.0).astype(np.float32)
 
 
 #: Gradient histograms: cells of CELL×CELL pixels, ORIENTATIONS unsigned directions.

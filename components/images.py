@@ -1,7 +1,8 @@
 """The container images, named once.
 
-The KFP components run in ``TRAIN_IMAGE``; the serving Deployment and the
-Kaggle job run ``SERVE_IMAGE``. Both are built from this repository
+Every KFP component runs in ``TRAIN_IMAGE`` (a lightweight component needs kfp
+in its image); the serving Deployment and the Kaggle Job (``digits kaggle``) run
+``SERVE_IMAGE``, which holds the runtime alone. Both are built from this repository
 (``Dockerfile.train``, ``Dockerfile.serve``); a cluster points them at its own
 registry with kustomize's ``images:`` (manifests) or by editing these two
 lines before ``make pipeline`` recompiles the pipeline.

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from components.stem import NUM_CLASSES
 
@@ -223,6 +222,8 @@ def _per_class_ranking(
     positive. A digit missing from (or alone in) the holdout gets ``None``
     rather than scikit-learn's warning plus a misleading 0 or NaN.
     """
+    from sklearn import metrics as skm  # here: the serving image has no scikit-learn
+
     aucs: list[float | None] = []
     aps: list[float | None] = []
     for digit in LABELS:
@@ -265,6 +266,8 @@ def compute_metrics(
     occur in the truth or the predictions, so a digit absent from both does not
     drag the macro F1 of a subset down with a meaningless zero.
     """
+    from sklearn import metrics as skm
+
     y_true, proba = validate_predictions(y_true, proba)
     n = len(y_true)
     y_pred = proba.argmax(axis=1)
@@ -368,6 +371,7 @@ def summary_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         "log_loss": metrics.get("log_loss"),
         "brier": metrics.get("brier"),
         "ece": metrics.get("ece"),
+        "ece_uncalibrated": (metrics.get("uncalibrated") or {}).get("ece"),
         "mcc": metrics.get("mcc"),
         "cohen_kappa": metrics.get("cohen_kappa"),
         "roc_auc_macro": metrics.get("roc_auc_macro"),
@@ -406,6 +410,8 @@ def kfp_classification_inputs(
         out.log_confusion_matrix(kfp["categories"], kfp["confusion_matrix"])
         out.log_roc_curve(kfp["fpr"], kfp["tpr"], kfp["thresholds"])
     """
+    from sklearn import metrics as skm
+
     y_true, proba = validate_predictions(y_true, proba)
     onehot = np.eye(NUM_CLASSES, dtype=bool)[y_true]
     fpr, tpr, thresholds = skm.roc_curve(onehot.ravel(), proba.ravel())

@@ -5,6 +5,17 @@ Every model takes canonical ``uint8 [N, 28, 28]`` images, passes them through
 saved model is a directory: the framework's own file plus ``model.json``
 naming the kind, so :func:`load_model` can bring any of them back without
 pickles.
+
+A promoted model also carries its *inference form* (:meth:`DigitModel.export`,
+written and checked at deploy by :mod:`components.export`): an ONNX graph run
+by onnxruntime, for the CNN its network, for XGBoost its kept trees. It
+replaces only the framework's forward pass; preprocessing, features, test-time
+views and everything :meth:`DigitModel.predict_proba` does after the forward
+pass stay this module's shared code, so the server and the Kaggle job predict
+through one path whichever runtime answers, and the serving image needs
+neither TensorFlow, XGBoost, Treelite nor SciPy. :func:`load_model` prefers the
+inference form and falls back to the framework's file for versions promoted
+before exports existed.
 """
 
 from __future__ import annotations
@@ -13,17 +24,24 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from components import progress
+from components.calibration import NEUTRAL, apply_temperature, fit_temperature
 from components.contract import MODEL_INFO
 from components.features import feature_rows
 from components.stem import IMAGE_SIDE, NUM_CLASSES, preprocess
 
 log = logging.getLogger(__name__)
+
+#: Called after each epoch or boosting round with its number (from 1) and the validation
+#: figures of that step (``accuracy`` and ``log_loss`` when the framework has them);
+#: returning True ends training there. :mod:`components.tune` prunes poor trials with it.
+StepHook = Callable[[int, dict[str, float]], bool]
 
 
 #: Rows per forward pass when predicting large batches; bounds memory, keeps BLAS busy.
@@ -39,8 +57,14 @@ class DigitModel(ABC):
 
     kind: ClassVar[str]
     filename: ClassVar[str]
-    #: The framework that runs it, as the inference protocol's ``platform`` names it.
+    #: The framework that runs it, as the inference protocol's ``platform`` names it
+    #: (a model loaded from its inference form names that runtime instead).
     platform: ClassVar[str]
+    #: The inference form's file name (:meth:`export`); ``None`` when the framework's
+    #: own file already needs no framework (the baseline's numpy weights).
+    export_filename: ClassVar[str | None] = None
+    #: The runtime that reads the inference form, as ``platform`` names it.
+    export_platform: ClassVar[str | None] = None
     #: What one step of its training history is (the report's x axis).
     history_step: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
@@ -54,6 +78,14 @@ class DigitModel(ABC):
             raise ValueError(f"{self.kind}: unknown parameters {sorted(unknown)}")
         self.params = {**self.defaults, **params}
         self.history: dict[str, list[float]] = {}
+        #: Fitted after training on the validation split (:meth:`calibrate`), saved
+        #: with the model; a model saved before calibration existed keeps ``NEUTRAL``.
+        self.temperature = NEUTRAL
+        self.on_step: StepHook | None = None
+
+    def _step(self, step: int, figures: dict[str, float]) -> bool:
+        """Hand one step's validation figures to :attr:`on_step`; True means stop here."""
+        return bool(self.on_step and self.on_step(step, figures))
 
     @abstractmethod
     def fit(self, x_train: np.ndarray, y_train: np.ndarray,
@@ -69,15 +101,35 @@ class DigitModel(ABC):
     @abstractmethod
     def _load_weights(self, path: Path) -> None: ...
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks."""
+    def predict_proba(self, images: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks.
+
+        Every caller (evaluate, the server, the Kaggle job) gets calibrated
+        probabilities; ``calibrated=False`` is for fitting and reporting the
+        calibration itself.
+        """
         if len(images) <= PREDICT_CHUNK:  # the server's case: no copies
-            return self._predict_proba(images).astype(np.float32, copy=False)
-        parts = [
-            self._predict_proba(images[start:start + PREDICT_CHUNK])
-            for start in range(0, len(images), PREDICT_CHUNK)
-        ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+            proba = self._predict_proba(images).astype(np.float32, copy=False)
+        else:
+            proba = np.concatenate([
+                self._predict_proba(images[start:start + PREDICT_CHUNK])
+                for start in range(0, len(images), PREDICT_CHUNK)
+            ]).astype(np.float32, copy=False)
+        return apply_temperature(proba, self.temperature) if calibrated else proba
+
+    def calibrate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Fit the temperature on held-out digits (the validation split); return its facts.
+
+        Never the holdout: the gate and the report judge calibration there.
+        """
+        from components.metrics import expected_calibration_error
+
+        raw = self.predict_proba(images, calibrated=False)
+        self.temperature = fit_temperature(raw, labels)
+        scaled = apply_temperature(raw, self.temperature)
+        return {"temperature": self.temperature, "fitted_on": len(labels),
+                "validation_ece_before": expected_calibration_error(labels, raw),
+                "validation_ece_after": expected_calibration_error(labels, scaled)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.predict_proba(images).argmax(axis=1)
@@ -93,14 +145,61 @@ class DigitModel(ABC):
         theirs at start-up (digits serve sets them through the environment).
         """
 
+    def export(self, directory: Path) -> Path | None:
+        """Write the inference form into ``directory``; ``None`` if the family has none.
+
+        Needs the framework (it runs at deploy, in the training image). Checking
+        that the form predicts what the framework does is the caller's
+        (:func:`components.export.export_checked`): an unchecked export is never recorded.
+        """
+        if self.export_filename is None:
+            return None
+        path = Path(directory) / self.export_filename
+        self._export(path)
+        return path
+
+    def _export(self, path: Path) -> None:
+        raise NotImplementedError(f"{self.kind} has no inference form")
+
+    def _load_export(self, path: Path) -> None:
+        raise NotImplementedError(f"{self.kind} has no inference form")
+
+    @property
+    def exported(self) -> bool:
+        """Whether predictions come from the inference form (not the framework)."""
+        return self.export_platform is not None and self.platform == self.export_platform
+
     def save(self, directory: Path, **info: Any) -> list[Path]:
         """Write the weights and ``model.json`` (kind, params, history, extra info)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory / self.filename)
-        meta = {"kind": self.kind, "params": self.params, "history": self.history, **info}
+        meta = {"kind": self.kind, "params": self.params, "history": self.history,
+                "temperature": self.temperature, **info}
         (directory / MODEL_INFO).write_text(json.dumps(meta, indent=2, default=float))
         return [directory / self.filename, directory / MODEL_INFO]
+
+
+#: Triton's name for an ONNX model on onnxruntime: every inference form's platform.
+ONNX_PLATFORM = "onnxruntime_onnx"
+
+
+def onnx_forward(graph: bytes, threads: int):
+    """``x -> first output`` through one onnxruntime session, ``threads`` cores (0: all).
+
+    A session owns its thread pool, so a thread cap means a new session (tens of
+    milliseconds, once per process: prefork workers each build their own after
+    the fork). One pass at a time runs sequentially on those threads.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
 
 
 #: CNN augmentation, as fractions (keras' convention): shifts of up to ±10% of the
@@ -153,6 +252,8 @@ class CNN(DigitModel):
     platform = "keras"
     history_step = "epoch"
     filename = "model.keras"
+    export_filename = "model.onnx"
+    export_platform = ONNX_PLATFORM
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 12, "batch_size": 256, "learning_rate": 4e-3, "width": 32, "dropout": 0.3,
         "label_smoothing": 0.1, "tta": 4, "min_epoch_steps": 20, "seed": 0,
@@ -197,12 +298,18 @@ class CNN(DigitModel):
         import keras
 
         epochs, batch_size = self.params["epochs"], self.params["batch_size"]
+        step = self._step
 
         class EpochProgress(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                accuracy = (logs or {}).get("val_accuracy")
+                logs = logs or {}
+                accuracy = logs.get("val_accuracy")
                 detail = "" if accuracy is None else f"val_accuracy={accuracy:.4f}"
                 progress.progress("epoch", epoch + 1, epochs, detail)
+                # val_loss is the smoothed-label loss training minimises, not the log-loss.
+                figures = {"accuracy": accuracy} if accuracy is not None else {}
+                if step(epoch + 1, figures):
+                    self.model.stop_training = True
 
         keras.utils.set_random_seed(self.params["seed"])
         # A small training set is shown several times per epoch (each time augmented
@@ -246,7 +353,7 @@ class CNN(DigitModel):
         shifts = TTA_SHIFTS[:self.params["tta"]]
         if shifts:
             x = np.concatenate([x, *(np.roll(x, shift, axis=(1, 2)) for shift in shifts)])
-        proba = self._forward(x).numpy()
+        proba = self._forward(x)
         return proba.reshape(len(shifts) + 1, len(images), NUM_CLASSES).mean(axis=0)
 
     def _bind(self) -> None:
@@ -254,9 +361,28 @@ class CNN(DigitModel):
         import tensorflow as tf
 
         model = self._model
-        self._forward = tf.function(
-            lambda x: model(x, training=False), reduce_retracing=True,
+
+        def forward(x):  # a named function: AutoGraph cannot find one lambda among several
+            return model(x, training=False)
+
+        traced = tf.function(
+            forward, reduce_retracing=True,
             input_signature=[tf.TensorSpec([None, IMAGE_SIDE, IMAGE_SIDE, 1], tf.float32)])
+        self._forward = lambda x: traced(x).numpy()
+
+    def _export(self, path):
+        # Keras exports only a model that has been called; one zero image does it.
+        self._model(np.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1), np.float32), training=False)
+        self._model.export(str(path), format="onnx", verbose=False)
+
+    def _load_export(self, path):
+        self._onnx = Path(path).read_bytes()  # kept: a thread cap rebuilds the session
+        self.platform = self.export_platform
+        self._forward = onnx_forward(self._onnx, 0)
+
+    def set_threads(self, threads: int) -> None:
+        if self.exported:
+            self._forward = onnx_forward(self._onnx, threads)
 
     def _save_weights(self, path):
         self._model.save(path)
@@ -285,6 +411,9 @@ class XGBoost(DigitModel):
     platform = "xgboost"
     history_step = "boosting round"
     filename = "model.ubj"
+    #: The kept trees (early stopping's range) as one ONNX tree ensemble plus softmax.
+    export_filename = "model.onnx"
+    export_platform = ONNX_PLATFORM
     defaults: ClassVar[dict[str, Any]] = {
         "n_estimators": 400, "max_depth": 6, "learning_rate": 0.15, "colsample_bytree": 0.5,
         "max_bin": 32, "features": "hog", "early_stopping_rounds": 30, "seed": 0,
@@ -314,7 +443,8 @@ class XGBoost(DigitModel):
         )
 
     def fit(self, x_train, y_train, x_val, y_val) -> None:
-        self._model = self._classifier(callbacks=[_round_progress(self.params["n_estimators"])])
+        self._model = self._classifier(
+            callbacks=[_round_progress(self.params["n_estimators"], self._step)])
         features = self.features(x_train)
         curve = slice(0, self.CURVE_SAMPLE)  # scoring all 55k each round would cost a third
         self._model.fit(
@@ -332,6 +462,8 @@ class XGBoost(DigitModel):
 
     def _predict_proba(self, images):
         rows = self.features(images)
+        if self._booster is None:  # the inference form: the same trees on onnxruntime
+            return self._forward(rows)
         if len(rows) == 1:
             # One row — the drawing page's and most clients' request. XGBoost's
             # predict costs ~0.5 ms per call before the first tree (1.8 ms on the
@@ -358,6 +490,8 @@ class XGBoost(DigitModel):
     @property
     def kept_rounds(self) -> int:
         """Boosting rounds predictions use: early stopping's best, else every round."""
+        if self._booster is None:
+            return self._exported_rounds
         return self._iterations[1] or self._booster.num_boosted_rounds()
 
     def _single_row_model(self):
@@ -376,8 +510,28 @@ class XGBoost(DigitModel):
         return self._single_row
 
     def set_threads(self, threads: int) -> None:
+        if self._booster is None:
+            self._forward = onnx_forward(self._onnx, threads)
+            return
         self._booster.set_param("nthread", threads)
         self._threads = threads
+
+    def _export(self, path):
+        start, stop = self._iterations
+        booster = self._booster[start:stop] if stop else self._booster
+        Path(path).write_bytes(_trees_to_onnx(booster).SerializeToString())
+
+    def _load_export(self, path):
+        import onnxruntime
+
+        self._onnx = Path(path).read_bytes()
+        self._model = self._booster = None
+        self._forward = onnx_forward(self._onnx, 0)
+        # The round count travels in the graph's metadata (onnxruntime reads it; onnx
+        # itself is not needed to serve).
+        meta = onnxruntime.InferenceSession(self._onnx, providers=["CPUExecutionProvider"])
+        self._exported_rounds = int(meta.get_modelmeta().custom_metadata_map["rounds"])
+        self.platform = self.export_platform
 
     def _save_weights(self, path):
         self._model.save_model(path)
@@ -388,16 +542,91 @@ class XGBoost(DigitModel):
         self._bind()
 
 
-def _round_progress(total: int):
-    """An XGBoost callback reporting each boosting round and its validation error."""
+#: The ONNX opsets the tree graph uses (TreeEnsembleRegressor is in ai.onnx.ml 3).
+ONNX_OPSET, ONNX_ML_OPSET = 17, 3
+
+
+def _trees_to_onnx(booster):
+    """XGBoost's trees as ONNX: ``rows float32 [N, D] -> probabilities float32 [N, 10]``.
+
+    One ``TreeEnsembleRegressor`` sums each class's trees from the booster's
+    per-class intercept (XGBoost 3 keeps one per class, in margin space), and a
+    softmax turns the margins into probabilities: what ``multi:softprob``
+    predicts. A split sends a row left when its value is below the threshold,
+    as XGBoost does, and a missing value where XGBoost's default goes.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    learner = json.loads(booster.save_raw("json"))["learner"]
+    forest = learner["gradient_booster"]["model"]
+    base = learner["learner_model_param"]["base_score"]
+    intercept = [float(v) for v in base.strip("[]").split(",")]
+    if len(intercept) == 1:  # one value for every class: softmax ignores it anyway
+        intercept *= NUM_CLASSES
+    nodes: dict[str, list] = {key: [] for key in (
+        "treeids", "nodeids", "featureids", "values", "modes", "truenodeids",
+        "falsenodeids", "missing_value_tracks_true")}
+    targets: dict[str, list] = {key: [] for key in ("treeids", "nodeids", "ids", "weights")}
+    for tree_id, (tree, group) in enumerate(zip(forest["trees"], forest["tree_info"],
+                                                strict=True)):
+        if any(tree.get("split_type", [])):
+            raise ValueError("categorical splits cannot be exported")
+        for node, left in enumerate(tree["left_children"]):
+            leaf = left == -1
+            value = float(tree["split_conditions"][node])
+            for key, entry in (
+                    ("treeids", tree_id), ("nodeids", node),
+                    ("featureids", 0 if leaf else int(tree["split_indices"][node])),
+                    ("values", 0.0 if leaf else value),
+                    ("modes", "LEAF" if leaf else "BRANCH_LT"),
+                    ("truenodeids", 0 if leaf else int(left)),
+                    ("falsenodeids", 0 if leaf else int(tree["right_children"][node])),
+                    ("missing_value_tracks_true", int(bool(tree["default_left"][node])))):
+                nodes[key].append(entry)
+            if leaf:  # a leaf's value is kept in split_conditions
+                for key, entry in (("treeids", tree_id), ("nodeids", node), ("ids", group),
+                                   ("weights", value)):
+                    targets[key].append(entry)
+    ensemble = helper.make_node(
+        "TreeEnsembleRegressor", ["rows"], ["margins"], domain="ai.onnx.ml",
+        n_targets=NUM_CLASSES, aggregate_function="SUM", post_transform="NONE",
+        base_values=intercept, **{f"nodes_{k}": v for k, v in nodes.items()},
+        **{f"target_{k}": v for k, v in targets.items()})
+    softmax = helper.make_node("Softmax", ["margins"], ["probabilities"], axis=1)
+    graph = helper.make_graph(
+        [ensemble, softmax], "xgboost",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT,
+                                       [None, booster.num_features()])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                       [None, NUM_CLASSES])])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid("ai.onnx.ml", ONNX_ML_OPSET)])
+    helper.set_model_props(model, {"rounds": str(len(forest["trees"]) // NUM_CLASSES)})
+    onnx.checker.check_model(model)
+    return model
+
+
+def _round_progress(total: int, step: Callable[[int, dict[str, float]], bool]):
+    """An XGBoost callback reporting each boosting round and its validation figures.
+
+    Training stops here only when ``step`` (the model's :attr:`DigitModel.on_step`)
+    asks; early stopping is XGBoost's own.
+    """
     import xgboost
 
     class RoundProgress(xgboost.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log) -> bool:
-            errors = evals_log.get("validation_1", {}).get("merror") or [None]
+            validation = evals_log.get("validation_1", {})
+            errors = validation.get("merror") or [None]
             detail = "" if errors[-1] is None else f"val_error={errors[-1]:.4f}"
             progress.progress("round", epoch + 1, total, detail)
-            return False  # never stop training from here
+            figures = {}
+            if errors[-1] is not None:
+                figures["accuracy"] = 1.0 - float(errors[-1])
+            if validation.get("mlogloss"):
+                figures["log_loss"] = float(validation["mlogloss"][-1])
+            return step(epoch + 1, figures)
 
     return RoundProgress()
 
@@ -470,8 +699,13 @@ def read_info(directory: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: cannot read model description ({error})") from error
 
 
-def load_model(directory: Path) -> DigitModel:
-    """Bring back any saved model; raise :class:`ModelError` with the reason if it cannot."""
+def load_model(directory: Path, *, exported: bool = True) -> DigitModel:
+    """Bring back any saved model; raise :class:`ModelError` with the reason if it cannot.
+
+    With ``exported`` (the default: the server, the Kaggle job) the inference form
+    answers when the directory has one; otherwise, and for versions promoted
+    before exports existed, the framework's own file does.
+    """
     directory = Path(directory)
     info = read_info(directory)
     cls = MODEL_KINDS.get(info.get("kind"))
@@ -480,8 +714,22 @@ def load_model(directory: Path) -> DigitModel:
     saved = info.get("params", {})
     model = cls(**{**cls.legacy, **{k: v for k, v in saved.items() if k in cls.defaults}})
     model.history = info.get("history", {})
+    model.temperature = float(info.get("temperature", NEUTRAL))
+    export = directory / cls.export_filename if cls.export_filename else None
+    if exported and export is not None and export.is_file():
+        try:
+            model._load_export(export)
+        except Exception as error:  # runtimes raise anything on a bad file
+            raise ModelError(f"{directory}: cannot load {cls.kind} inference form "
+                             f"{export.name} ({error})") from error
+        return model
     try:
         model._load_weights(directory / cls.filename)
+    except ImportError as error:
+        raise ModelError(
+            f"{directory}: this {cls.kind} model has no inference form "
+            f"({cls.export_filename}) and its framework is not installed here ({error}); "
+            "export it in the training image: digits registry export VERSION") from error
     except Exception as error:  # frameworks raise anything on bad weights
         raise ModelError(f"{directory}: cannot load {cls.kind} weights ({error})") from error
     return model

@@ -90,7 +90,7 @@ def task_labels(pipeline) -> dict[str, str]:
 
 def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
     """Refuse what would only fail minutes later, inside a stage."""
-    from components.data import DataError, missing_mnist_files
+    from components.datafiles import DataError, missing_mnist_files
 
     source = arguments.get("source", "mnist")
     if source == "kaggle-csv":
@@ -111,7 +111,7 @@ def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
                 raise DataError(f"{flag} {directory}: missing {', '.join(missing)}")
     else:
         raise DataError(f"unknown source {source!r}; choose mnist or kaggle-csv")
-    from components.kaggle import MODES, ONLINE
+    from components.kaggle.job import MODES, ONLINE
 
     mode = arguments.get("kaggle_mode", LOCAL_KAGGLE_MODE)
     test_csv = arguments.get("kaggle_test_csv")
@@ -153,9 +153,9 @@ def input_paths(arguments: dict[str, Any], settings: Settings) -> list[Path]:
 
 
 def check_docker(arguments: dict[str, Any], settings: Settings) -> None:
-    """Before a containerised run: an engine, both images, and inputs it can mount."""
-    from components.data import DataError
-    from components.images import SERVE_IMAGE, TRAIN_IMAGE
+    """Before a containerised run: an engine, the training image, and inputs it can mount."""
+    from components.datafiles import DataError
+    from components.images import TRAIN_IMAGE
 
     try:
         import docker
@@ -165,7 +165,7 @@ def check_docker(arguments: dict[str, Any], settings: Settings) -> None:
         client.close()
     except Exception as error:  # no SDK, no socket, no daemon: one clear line
         raise DataError(f"--runner docker needs a running Docker engine ({error})") from None
-    missing = [image for image in (TRAIN_IMAGE, SERVE_IMAGE) if image not in tags]
+    missing = [image for image in (TRAIN_IMAGE,) if image not in tags]
     if missing:
         raise DataError(f"--runner docker: image {', '.join(missing)} not built; run `make images`")
     if arguments.get("source", "mnist") == "mnist" and not input_paths(arguments, settings):
@@ -201,8 +201,8 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     """Execute the pipeline locally and return the run's summary.
 
     ``runner``: ``subprocess`` runs every task in this environment; ``docker``
-    runs each in its own container from the project's images, exactly as on a
-    cluster (``TRAIN_IMAGE``, ``SERVE_IMAGE`` for the Kaggle step).
+    runs each in its own container from the training image, exactly as on a
+    cluster (``TRAIN_IMAGE``).
 
     Progress goes to ``console`` (a :class:`rich.console.Console`, default: stderr),
     live when it is a terminal and as plain lines otherwise; every task's log goes

@@ -54,9 +54,9 @@ class Source(NamedTuple):
 
 #: The models as trained and as they predict: every figure depends on these.
 _MODEL_CODE = ("components/stem.py", "components/features.py", "components/models*.py",
-               "components/train.py")
+               "components/calibration.py", "components/train.py")
 #: A full run: models, data splits, scoring, the gate's choice, the pipeline's defaults.
-_RUN_CODE = (*_MODEL_CODE, "components/data.py", "components/ingest.py",
+_RUN_CODE = (*_MODEL_CODE, "components/data.py", "components/datafiles.py", "components/ingest.py",
              "components/evaluate.py", "components/scoring.py", "components/metrics.py",
              "components/gate.py", "pipelines/training.py")
 
@@ -64,26 +64,29 @@ _RUN_CODE = (*_MODEL_CODE, "components/data.py", "components/ingest.py",
 SOURCES: dict[str, Source] = {
     "run": Source("make readme-figures", _RUN_CODE),
     "bench-train": Source("make bench WHAT=train",
-                          (*_MODEL_CODE, "components/data.py", "bench/training.py")),
+                          (*_MODEL_CODE, "components/data.py", "components/datafiles.py",
+                           "bench/training.py")),
     "bench-serve": Source("make bench WHAT=serve",
-                          (*_MODEL_CODE, "serving/*.py", "bench/serving.py", "bench/loadgen.py")),
+                          (*_MODEL_CODE, "components/export.py", "serving/*.py", "bench/serving.py",
+                           "bench/loadgen.py")),
     "study": Source("make study", (*_RUN_CODE, "pipelines/simulate.py", "pipelines/study.py")),
 }
 
 _PROVENANCE = re.compile(r"<!-- provenance commit=(\S+) code=(\S+) regenerate=\"([^\"]+)\" -->")
 
 
-def code_files(name: str, paths: Iterable[str]) -> list[str]:
+def code_files(name: str, paths: Iterable[str], *, strict: bool = True) -> list[str]:
     """The files among ``paths`` (repository-relative, ``/``-separated) behind block ``name``.
 
-    Every pattern must match something: a renamed file would otherwise drop out of the
-    digest unnoticed and its changes would never make the block stale.
+    ``strict``: every pattern must match something, as in today's tree: a renamed file
+    would otherwise drop out of the digest unnoticed and its changes would never make the
+    block stale. An old commit (``stamp``) may predate a file; there it is simply absent.
     """
     paths = sorted(set(paths))
     chosen: set[str] = set()
     for pattern in SOURCES[name].code:
         matched = fnmatch.filter(paths, pattern)
-        if not matched:
+        if not matched and strict:
             raise SystemExit(f"scripts/readme_figures.py: nothing matches {pattern!r} (block "
                              f"{name!r}); update SOURCES to where that code lives now")
         chosen.update(matched)
@@ -126,7 +129,7 @@ def commit_digest(name: str, commit: str, root: Path = README.parent) -> str:
     listing = _git(root, "ls-tree", "-r", "--name-only", commit)
     if listing is None:
         raise SystemExit(f"git cannot list commit {commit!r} in {root}")
-    return code_digest(code_files(name, listing.split("\n")),
+    return code_digest(code_files(name, listing.split("\n"), strict=False),
                        lambda p: subprocess.run(["git", "show", f"{commit}:{p}"], cwd=root,
                                                 capture_output=True, check=True).stdout)
 
@@ -249,7 +252,11 @@ def bench_serve_figures(rows: list) -> str:
                "2 s, or idle) while a well-behaved client asks for a probe and a prediction "
                "on new connections, each with a 2 s timeout:\n\n"
                + bench_serving.hostile_markdown(rows) + "\n"
-               if any(row.get("hostile") for row in rows) else ""))
+               if any(row.get("hostile") for row in rows) else "")
+            + ("\nThe model users get, the CNN (production architecture with its test-time "
+               "views), served through its exported ONNX form on onnxruntime, and in process "
+               "on onnxruntime and on Keras:\n\n" + cnn + "\n"
+               if (cnn := bench_serving.cnn_markdown(rows)) else ""))
 
 
 def keep_study(simulation: Path, into: Path = STUDY, note: str = "") -> None:

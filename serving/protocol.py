@@ -178,7 +178,7 @@ def _to_array(data: Any, what: str) -> np.ndarray:
 
 def images_from(array: np.ndarray, *, max_batch: int) -> np.ndarray:
     """Checked ``uint8 [N, 28, 28]``: the stem's validation, plus the batch limit (413)."""
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "iuf":  # JSON's true/false are not pixels (nor in the schema)
         raise ApiError(400, f"pixels must be numbers, got {_describe(array)}")
     try:
         images = as_images(array)

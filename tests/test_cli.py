@@ -117,6 +117,13 @@ def test_stage_clis_chain_into_a_registered_model(mnist_dir, tmp_path, s3_env, c
     assert "no version 'no-such-version'" in capsys.readouterr().err
     assert main(["registry", "rollback"]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+    # The baseline's numpy weights are its inference form: nothing to add, nothing moved.
+    pointer = registry.production()
+    assert main(["registry", "export", "run1-baseline", "--dataset", str(data)]) == 0
+    assert "needs no export" in capsys.readouterr().out
+    assert registry.production() == pointer
+    assert main(["registry", "export", "no-such-version", "--dataset", str(data)]) == 2
+    assert "no version 'no-such-version'" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -192,3 +199,29 @@ def test_help_is_plain_text_with_defaults(capsys):
         with pytest.raises(SystemExit):
             main([stage, "--help"])
         assert ":class:" not in capsys.readouterr().out
+
+
+def test_serving_side_commands_never_import_the_training_stack():
+    """The serving image has no kfp, TensorFlow, XGBoost, SciPy or scikit-learn: the
+    verbs it runs (serve, kaggle, registry, help) must not import them, even to build
+    their parsers (the image test proves the same inside the image)."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys",
+        "from components import cli",
+        "for argv in (['--help'], ['registry', 'list', '--help'], ['kaggle', '--help'],",
+        "             ['serve', '--help']):",
+        "    try:",
+        "        cli.main(argv)",
+        "    except SystemExit:",
+        "        pass",
+        "import components.export, components.kaggle.cli, components.kaggle.job, serving.app",
+        "heavy = ('kfp', 'pipelines', 'tensorflow', 'keras', 'xgboost', 'treelite', 'scipy',",
+        "         'sklearn', 'matplotlib', 'optuna', 'docker')",
+        "print(sorted(m for m in heavy if m in sys.modules))"])
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

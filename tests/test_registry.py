@@ -353,3 +353,24 @@ def test_listing_skips_keys_that_are_not_version_names(registry, model_dir, mini
     minio_client.put_object(registry.bucket, "versions/a.b/metadata.json", io.BytesIO(raw),
                             len(raw))
     assert [row["version"] for row in registry.list()] == [version]
+
+
+def test_files_added_to_a_serving_version_are_checked_and_the_pointer_follows(registry,
+                                                                            model_dir):
+    version = registry.promote(model_dir, meta(), "first")
+    before = registry.production()
+    (model_dir / "model.onnx").write_bytes(b"an inference form")
+    record = registry.add_files(version, model_dir, ["model.onnx"], {"export": {"x": 1}},
+                                reason="export added")
+    assert record["files"]["model.onnx"]["sha256"] == hashlib.sha256(
+        b"an inference form").hexdigest()
+    assert registry.metadata(version)["export"] == {"x": 1}
+    after = registry.production()
+    assert after.version == version and after.history == before.history
+    assert after.metadata_sha256 != before.metadata_sha256
+    registry.verify(version)
+    # Published files never change, and a name that could leave the folder is refused.
+    for name in ("model.onnx", "weights.npz", "../escape"):
+        with pytest.raises(RegistryError):
+            registry.add_files(version, model_dir, [name], {}, reason="again")
+    assert registry.production() == after
