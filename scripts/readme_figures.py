@@ -204,10 +204,17 @@ def replace_block(text: str, name: str, content: str) -> str:
 
 def _bench():
     """``bench/training.py``, which knows the machine and formats the benchmark table."""
-    sys.path.insert(0, str(README.parent / "bench"))
-    import training
+    import importlib.util
 
-    return training
+    # By path, never by putting bench/ on sys.path: bench/serving.py would then shadow the
+    # `serving` package for the rest of the process (a test run imports both).
+    if "bench_training" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_training",
+                                                      README.parent / "bench" / "training.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_training"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_training"]
 
 
 def run_figures(summary: dict) -> str:

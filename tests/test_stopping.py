@@ -74,8 +74,15 @@ def test_sigterm_stops_the_command_its_tasks_and_its_s3_store(command, mnist_dir
     weed: dict = {}
     try:
         state = home / "s3" / "server.json"
-        wait_for(state.exists, 120, "the embedded S3 store to be up (s3/server.json)")
-        weed.update(json.loads(state.read_text()))
+
+        def store_up() -> bool:  # server.json, once written whole (it is not written atomically)
+            try:
+                weed.update(json.loads(state.read_text()))
+            except ValueError:
+                return False
+            return True
+
+        wait_for(store_up, 120, "the embedded S3 store to be up (s3/server.json)")
         port = int(weed["endpoint"].rsplit(":", 1)[1])
         # A kfp.local task (or a simulation's step worker) running below the command.
         wait_for(lambda: set(descendants(run.pid)) - {weed["pid"]}, 120,
