@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup lock run quick test lint pipeline grpc-stubs policy policy-setup images serve bench readme-figures study study-readme clean
+.PHONY: setup lock run quick test lint pipeline grpc-stubs policy policy-setup images serve bench readme-figures figures-check study study-readme clean
 
 setup: $(VENV)/.installed
 
@@ -82,6 +82,9 @@ readme-figures: setup  ## a full run, then its figures written into README.md
 	mkdir -p .digits
 	$(BIN)/digits run --json > .digits/readme-run.json
 	$(BIN)/python scripts/readme_figures.py run .digits/readme-run.json
+
+figures-check: setup  ## which README figure blocks were made from code that has changed since
+	$(BIN)/python scripts/readme_figures.py check
 
 study: setup  ## the study (~90 min): every model over growing data, 3 seeds; then README Results
 	$(BIN)/digits simulate --output .digits/study

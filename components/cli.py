@@ -347,11 +347,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("submit", "schedule", "simulate"):
         import importlib
 
-        return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
+        from components.stopping import sigterm_as_interrupt
+
+        # SIGTERM stops a simulation as Ctrl-C does: steps saved, the S3 store stopped.
+        with sigterm_as_interrupt():
+            return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
     args = build_parser(argv[0] if argv else "").parse_args(argv)
     handlers = {"run": _run, "registry": _registry, "compile": _compile}
     try:
-        return handlers[args.command](args)
+        from components.stopping import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():
+            return handlers[args.command](args)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM made into one: cleaned up
+        print(f"digits {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
     except Exception as error:  # one clear line for users; tracebacks are for bugs
         from components.errors import report
 

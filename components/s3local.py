@@ -244,18 +244,22 @@ class LocalS3:
         store = self.data_dir / "data"
         store.mkdir(exist_ok=True)
         self.log_path = self.data_dir / "weed.log"
-        for attempt in range(START_ATTEMPTS):
-            self._launch(store, config)
-            try:
-                self._wait_ready()
-                break
-            except S3ServerExited:
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-        with _locked(self.data_dir):
-            granted = self._granted()
-            if granted:  # policies live in weed's own data, but a lost one is restored
-                self._put_policies(granted)
+        try:
+            for attempt in range(START_ATTEMPTS):
+                self._launch(store, config)
+                try:
+                    self._wait_ready()
+                    break
+                except S3ServerExited:
+                    if attempt == START_ATTEMPTS - 1:
+                        raise
+            with _locked(self.data_dir):
+                granted = self._granted()
+                if granted:  # policies live in weed's own data, but a lost one is restored
+                    self._put_policies(granted)
+        except BaseException:  # Ctrl-C or SIGTERM while starting: no caller will stop it
+            self.stop()
+            raise
         return self
 
     def _launch(self, store: Path, config: Path) -> None:

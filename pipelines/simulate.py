@@ -473,11 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         simulation.run(jobs=jobs)
-    except KeyboardInterrupt:
-        print(f"\ndigits simulate: interrupted with {len(simulation.steps)} of "
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (components.stopping)
+        print(f"\ndigits simulate: {error or 'interrupted'} with {len(simulation.steps)} of "
               f"{len(schedule.steps())} steps saved; run the same command again to continue",
               file=sys.stderr)
-        return 130
+        return getattr(error, "exit_code", 130)
     outputs = simulation.publish()
     try:
         simulation.check()

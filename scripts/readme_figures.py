@@ -5,24 +5,193 @@
     python scripts/readme_figures.py bench-serve ROWS.json     # from bench/serving.py --json
     python scripts/readme_figures.py study DIRECTORY            # a `digits simulate` --output
 
+    python scripts/readme_figures.py check                      # which blocks are stale
+    python scripts/readme_figures.py stamp NAME COMMIT          # provenance of an old block
+
 replaces what lies between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``.
 ``make readme-figures`` runs the full pipeline and then this; ``make bench`` does the
-same for the training benchmark.
+same for the benchmarks.
+
+Every block starts with a provenance comment: the commit it was made at and a digest of
+the contents of the files that determine its numbers (``SOURCES``, the one list of them).
+``check`` (and the test suite) compares that digest with today's files, so a figure whose
+code has changed since is reported with the command that regenerates it, instead of
+quietly describing code that no longer exists.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: The study's committed results: the README's Results section is generated from these.
 STUDY = README.parent / "docs" / "study"
+
+
+class Source(NamedTuple):
+    """What makes a figure block: the command that regenerates it and the code behind it.
+
+    ``code`` holds ``fnmatch`` patterns relative to the repository root (``*`` crosses
+    folders, so ``components/models*.py`` also covers a ``components/models/`` package).
+    Only files whose contents change the block's numbers belong here: a file that only
+    formats or transports them would make every refactor look like a stale figure.
+    """
+
+    command: str
+    code: tuple[str, ...]
+
+
+#: The models as trained and as they predict: every figure depends on these.
+_MODEL_CODE = ("components/stem.py", "components/features.py", "components/models*.py",
+               "components/calibration.py", "components/train.py")
+#: A full run: models, data splits, scoring, the gate's choice, the pipeline's defaults.
+_RUN_CODE = (*_MODEL_CODE, "components/data.py", "components/datafiles.py", "components/ingest.py",
+             "components/evaluate.py", "components/scoring.py", "components/metrics.py",
+             "components/gate.py", "pipelines/training.py")
+
+#: The one list of which code determines which README block, and how to regenerate it.
+SOURCES: dict[str, Source] = {
+    "run": Source("make readme-figures", _RUN_CODE),
+    "bench-train": Source("make bench WHAT=train",
+                          (*_MODEL_CODE, "components/data.py", "components/datafiles.py",
+                           "bench/training.py")),
+    "bench-serve": Source("make bench WHAT=serve",
+                          (*_MODEL_CODE, "components/export.py", "serving/*.py", "bench/serving.py",
+                           "bench/loadgen.py")),
+    "study": Source("make study", (*_RUN_CODE, "pipelines/simulate.py", "pipelines/study.py")),
+}
+
+_PROVENANCE = re.compile(r"<!-- provenance commit=(\S+) code=(\S+) regenerate=\"([^\"]+)\" -->")
+
+
+def code_files(name: str, paths: Iterable[str], *, strict: bool = True) -> list[str]:
+    """The files among ``paths`` (repository-relative, ``/``-separated) behind block ``name``.
+
+    ``strict``: every pattern must match something, as in today's tree: a renamed file
+    would otherwise drop out of the digest unnoticed and its changes would never make the
+    block stale. An old commit (``stamp``) may predate a file; there it is simply absent.
+    """
+    paths = sorted(set(paths))
+    chosen: set[str] = set()
+    for pattern in SOURCES[name].code:
+        matched = fnmatch.filter(paths, pattern)
+        if not matched and strict:
+            raise SystemExit(f"scripts/readme_figures.py: nothing matches {pattern!r} (block "
+                             f"{name!r}); update SOURCES to where that code lives now")
+        chosen.update(matched)
+    return sorted(chosen)
+
+
+def code_digest(files: Iterable[str], read: Callable[[str], bytes]) -> str:
+    """A digest of the files' paths and exact bytes (not their mtimes; nothing normalised)."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        content = read(path)
+        digest.update(f"{path}\0{len(content)}\0".encode())
+        digest.update(content)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _tree_files(root: Path) -> list[str]:
+    """Every file under ``root`` as a repository path, skipping caches and hidden folders."""
+    return [path.relative_to(root).as_posix() for path in root.rglob("*")
+            if path.is_file() and not any(part.startswith(".") or part == "__pycache__"
+                                          for part in path.relative_to(root).parts)]
+
+
+def tree_digest(name: str, root: Path = README.parent) -> str:
+    """The digest of block ``name``'s code as it is in the working tree at ``root``."""
+    return code_digest(code_files(name, _tree_files(root)), lambda p: (root / p).read_bytes())
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git args`` in ``root``, or None where there is no git or no repository."""
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def commit_digest(name: str, commit: str, root: Path = README.parent) -> str:
+    """The digest of block ``name``'s code as it was at ``commit`` (``git show``)."""
+    listing = _git(root, "ls-tree", "-r", "--name-only", commit)
+    if listing is None:
+        raise SystemExit(f"git cannot list commit {commit!r} in {root}")
+    return code_digest(code_files(name, listing.split("\n"), strict=False),
+                       lambda p: subprocess.run(["git", "show", f"{commit}:{p}"], cwd=root,
+                                                capture_output=True, check=True).stdout)
+
+
+def current_commit(name: str, root: Path = README.parent) -> str:
+    """HEAD's short hash, ``+changes`` when the block's code differs from it, or ``unknown``."""
+    head = _git(root, "rev-parse", "--short", "HEAD")
+    if head is None:
+        return "unknown"
+    files = code_files(name, _tree_files(root))
+    dirty = _git(root, "status", "--porcelain", "--", *files)
+    return head.strip() + ("+changes" if dirty else "")
+
+
+def provenance(name: str, commit: str, digest: str) -> str:
+    """The comment that opens block ``name``: where it was made and how to remake it."""
+    return (f'<!-- provenance commit={commit} code={digest} '
+            f'regenerate="{SOURCES[name].command}" -->')
+
+
+def current_provenance(name: str, root: Path = README.parent) -> str:
+    """Provenance for a block being generated now, from the working tree at ``root``."""
+    return provenance(name, current_commit(name, root), tree_digest(name, root))
+
+
+def block(text: str, name: str) -> str:
+    """What lies between block ``name``'s markers."""
+    found = re.search(rf"<!-- figures:{name} -->\n(.*?)<!-- /figures:{name} -->", text, re.S)
+    if not found:
+        raise SystemExit(f"README.md has no <!-- figures:{name} --> block")
+    return found[1]
+
+
+def with_provenance(content: str, line: str) -> str:
+    """``content`` opened by provenance ``line`` (an older provenance line replaced)."""
+    return line + "\n" + _PROVENANCE.sub("", content, count=1).lstrip("\n")
+
+
+def stale(root: Path = README.parent) -> list[str]:
+    """One line per README block whose code changed since it was made, naming the command.
+
+    Compares each block's recorded digest with the working tree at ``root``; where git
+    knows the recorded commit, the line also names the files that changed since.
+    """
+    text = (root / "README.md").read_text()
+    problems = []
+    for name, source in SOURCES.items():
+        found = _PROVENANCE.search(block(text, name))
+        if not found:
+            problems.append(f"README block {name!r} says nothing of the code that made it: "
+                            f"regenerate it with `{source.command}`")
+            continue
+        commit, digest = found[1], found[2]
+        if digest == tree_digest(name, root):
+            continue
+        changed = _git(root, "diff", "--name-only", commit.removesuffix("+changes"), "--",
+                       *code_files(name, _tree_files(root)))
+        since = f" ({', '.join(changed.split())})" if changed and commit != "unknown" else ""
+        problems.append(f"README block {name!r} was made at commit {commit} and the code that "
+                        f"determines it has changed since{since}: regenerate it with "
+                        f"`{source.command}`")
+    return problems
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -35,10 +204,17 @@ def replace_block(text: str, name: str, content: str) -> str:
 
 def _bench():
     """``bench/training.py``, which knows the machine and formats the benchmark table."""
-    sys.path.insert(0, str(README.parent / "bench"))
-    import training
+    import importlib.util
 
-    return training
+    # By path, never by putting bench/ on sys.path: bench/serving.py would then shadow the
+    # `serving` package for the rest of the process (a test run imports both).
+    if "bench_training" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_training",
+                                                      README.parent / "bench" / "training.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_training"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_training"]
 
 
 def run_figures(summary: dict) -> str:
@@ -107,6 +283,9 @@ def keep_study(simulation: Path, into: Path = STUDY, note: str = "") -> None:
         "machine": f"{os.cpu_count()} cores ({_bench().cpu_model()})",
         "finished": finished.strftime("%Y-%m-%d"),
         "note": note,
+        # The code as it is now, when the study has just run: re-rendering the section
+        # later (`make study-readme`) keeps describing the code that made the numbers.
+        "provenance": current_provenance("study"),
     }
     (into / "study.json").write_text(json.dumps(record, indent=1) + "\n")
 
@@ -132,8 +311,29 @@ def study_figures(directory: Path = STUDY) -> str:
         f"{record['finished']}. Generated from [docs/study/results.csv](docs/study/results.csv) "
         "by `make study-readme`; nothing here is typed by hand. `make study` runs the default "
         "study and rewrites this section." + (f" {record['note']}" if record.get("note") else ""))
-    return results_markdown(read_results(directory / "results.csv"),
+    text = results_markdown(read_results(directory / "results.csv"),
                             "docs/study/learning_curves.png", provenance)
+    return with_provenance(text, record["provenance"]) if "provenance" in record else text
+
+
+def stamp(name: str, commit: str) -> None:
+    """Record in block ``name`` that it was made at ``commit`` (git's copy of its code).
+
+    For blocks generated before blocks carried provenance: the digest is computed over the
+    files as ``commit`` holds them, so the staleness check then reports honestly whether
+    the code has changed since. The figures themselves are left as they are.
+    """
+    line = provenance(name, _git(README.parent, "rev-parse", "--short", commit).strip(),
+                      commit_digest(name, commit))
+    if name == "study":
+        record = json.loads((STUDY / "study.json").read_text())
+        record["provenance"] = line
+        (STUDY / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+        content = study_figures()
+    else:
+        content = with_provenance(block(README.read_text(), name), line)
+    README.write_text(replace_block(README.read_text(), name, content))
+    print(f"README.md: {name} stamped as made at {commit}")
 
 
 FIGURES = {"run": run_figures, "bench-train": bench_train_figures,
@@ -141,17 +341,27 @@ FIGURES = {"run": run_figures, "bench-train": bench_train_figures,
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["check"]:
+        problems = stale()
+        print("\n".join(problems) or "README.md: every figure block is current")
+        return 1 if problems else 0
+    if len(argv) == 3 and argv[0] == "stamp" and argv[1] in SOURCES:
+        stamp(argv[1], argv[2])
+        return 0
     study = len(argv) in (2, 3) and argv[0] == "study"
     if not study and (len(argv) != 2 or argv[0] not in FIGURES):
         raise SystemExit(f"usage: readme_figures.py {'|'.join(FIGURES)} RESULTS.json\n"
-                         "       readme_figures.py study SIMULATION_DIRECTORY [NOTE]")
+                         "       readme_figures.py study SIMULATION_DIRECTORY [NOTE]\n"
+                         "       readme_figures.py check\n"
+                         f"       readme_figures.py stamp {'|'.join(SOURCES)} COMMIT")
     name, path = argv[:2]
     if study:
         if Path(path).resolve() != STUDY.resolve():
             keep_study(Path(path), note=argv[2] if len(argv) == 3 else "")
         content = study_figures()
     else:
-        content = FIGURES[name](json.loads(Path(path).read_text()))
+        content = with_provenance(FIGURES[name](json.loads(Path(path).read_text())),
+                                  current_provenance(name))
     README.write_text(replace_block(README.read_text(), name, content))
     print(f"README.md: {name} figures updated from {path}")
     return 0

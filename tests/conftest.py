@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 from minio import Minio
 
@@ -17,6 +20,9 @@ from components.data import Dataset, build_dataset
 from components.datafiles import Source, load_mnist
 from components.registry import Registry
 from components.s3local import LocalS3
+
+if TYPE_CHECKING:
+    from components.models import DigitModel
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / "data" / "mnist")
@@ -87,6 +93,59 @@ def tiny_dataset(mnist) -> Dataset:
         x_train[:1200], y_train[:1200], x_test[:300], y_test[:300],
         Source("mnist", source.location, source.files), seed=0, train_size=600,
     )
+
+
+#: The tiny models' settings: small but real, seconds each on 600 genuine digits (the CNN most).
+TINY_PARAMS: dict[str, dict[str, Any]] = {
+    "cnn": {"epochs": 4, "batch_size": 32},
+    "xgboost": {"n_estimators": 15, "max_depth": 4},
+    "baseline": {"max_iter": 100},
+}
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A model trained on ``tiny_dataset``, what training reported, and its saved folder.
+
+    Shared by the whole session: never change ``model`` or anything in ``directory``;
+    save or copy it somewhere of your own first.
+    """
+
+    model: DigitModel
+    info: dict[str, Any]
+    directory: Path
+
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(images)
+
+
+@dataclass
+class TinyModels:
+    """One tiny model per family, trained when a test first asks for it (``models[kind]``)."""
+
+    dataset: Dataset
+    folders: Any  # pytest's TempPathFactory
+    _trained: dict[str, TinyModel] = field(default_factory=dict)
+
+    def __getitem__(self, kind: str) -> TinyModel:
+        if kind not in self._trained:
+            from components.train import train
+
+            model, info = train(kind, self.dataset, **TINY_PARAMS[kind])
+            directory = self.folders.mktemp(f"tiny-{kind}")
+            model.save(directory, **info)
+            self._trained[kind] = TinyModel(model, info, directory)
+        return self._trained[kind]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dataset, tmp_path_factory) -> TinyModels:
+    """The session's tiny trained models, one per family, each trained once on first use."""
+    return TinyModels(tiny_dataset, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

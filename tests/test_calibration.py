@@ -19,9 +19,13 @@ from components.scoring import evaluate
 from components.train import train
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def overconfident(tiny_dataset):
-    """Logistic regression with almost no regularisation on 600 digits: sure of everything."""
+    """Logistic regression with almost no regularisation on 600 digits: sure of everything.
+
+    One per test: tests calibrate it, which changes it (a shared one made the first test
+    to run decide what the others saw).
+    """
     model = create_model("baseline", C=1e4, max_iter=500)
     model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
               tiny_dataset.x_validation, tiny_dataset.y_validation)

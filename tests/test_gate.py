@@ -21,7 +21,6 @@ from components.gate import (
 from components.metrics import mcnemar_test
 from components.models import load_model
 from components.scoring import evaluate
-from components.train import train
 
 POLICY = GatePolicy(min_accuracy=0.8, min_improvement=0.001, alpha=0.05,
                     max_class_regression=0.02)
@@ -118,15 +117,14 @@ def test_significantly_better_but_one_class_collapsed_is_rejected(labels):
 
 
 @pytest.fixture(scope="module")
-def candidates(tiny_dataset, tmp_path_factory):
-    """Two real models with their evaluations, as the pipeline hands them over."""
+def candidates(tiny_models, tiny_dataset, tmp_path_factory):
+    """Two real models with their evaluations, as the pipeline hands them over (read only)."""
     models, evaluations = {}, {}
-    for kind, params in (("baseline", {"max_iter": 200}), ("xgboost", {"n_estimators": 8})):
-        model, info = train(kind, tiny_dataset, **params)
-        models[kind] = tmp_path_factory.mktemp(f"{kind}-model")
-        model.save(models[kind], **info)
+    for kind in ("baseline", "xgboost"):
+        tiny = tiny_models[kind]
+        models[kind] = tiny.directory
         evaluations[kind] = tmp_path_factory.mktemp(f"{kind}-eval")
-        evaluate(model, tiny_dataset, info=info).save(evaluations[kind])
+        evaluate(tiny.model, tiny_dataset, info=tiny.info).save(evaluations[kind])
     return models, evaluations
 
 

@@ -31,6 +31,7 @@ from components.images import SERVE_IMAGE, TRAIN_IMAGE
 from components.models import Baseline
 from components.registry import Registry
 from tests.conftest import missing_prerequisite
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_S = 3600
@@ -252,8 +253,13 @@ def test_serve_image_is_live_but_not_ready_without_a_registry(docker, serve_cont
         time.sleep(1)
     assert status == 200, f"/v2/health/live never answered 200:\n{_logs(docker, name)}"
 
-    # Give the model loader a few poll attempts against the dead registry.
-    time.sleep(3)
+    # Wait until the model loader has met the dead registry (its log says so), not a while.
+    def registry_error_logged() -> bool:
+        logs = subprocess.run([docker, "logs", name], capture_output=True, text=True,
+                              check=False)
+        return "registry_error" in logs.stdout + logs.stderr
+
+    wait_for(registry_error_logged, 60, "a registry_error logged by the model loader")
     ready, body = _get(f"{url}/v2/health/ready")
     assert ready != 200, f"ready without a model: {body}"
     assert 400 <= ready < 600

@@ -34,7 +34,7 @@ from components.kaggle.submission import (
     validate_submission,
     write_test_csv,
 )
-from components.models import create_model, load_model
+from components.models import load_model
 from components.registry import Registry
 from components.settings import get_settings
 from tests.conftest import KAGGLE_DIR, MNIST_DIR
@@ -249,15 +249,10 @@ def read_submission(path: Path) -> tuple[str, np.ndarray]:
     return lines[0], np.array([[int(c) for c in line.split(",")] for line in lines[1:]])
 
 
-@pytest.fixture(scope="module")
-def baseline_dir(tiny_dataset, tmp_path_factory) -> Path:
-    """A real logistic-regression model fit on 600 genuine MNIST digits."""
-    model = create_model("baseline", max_iter=100)
-    model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
-              tiny_dataset.x_validation, tiny_dataset.y_validation)
-    directory = tmp_path_factory.mktemp("baseline")
-    model.save(directory)
-    return directory
+@pytest.fixture
+def baseline_dir(tiny_models) -> Path:
+    """A real logistic-regression model fit on 600 genuine MNIST digits (the session's)."""
+    return tiny_models["baseline"].directory
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from minio.error import S3Error
 from components.feedback import FeedbackItem, FeedbackStore, load_feedback
 from components.identities import PIPELINE, SERVING, policy, policy_name
 from components.kaggle.job import load_submission_model
-from components.models import create_model
 from components.registry import FAILED, POINTER, Registry, RegistryError
 from components.s3local import ADMIN, IAMError, LocalS3, s3_environment
 from components.settings import StoreSettings
@@ -31,15 +30,10 @@ from serving.model import DigitsModel
 from serving.settings import ServeSettings
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_dataset, tmp_path_factory) -> Path:
-    """A small real model, trained on 600 genuine digits."""
-    model = create_model("baseline", max_iter=200)
-    model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
-              tiny_dataset.x_validation[:200], tiny_dataset.y_validation[:200])
-    directory = tmp_path_factory.mktemp("model-baseline")
-    model.save(directory)
-    return directory
+@pytest.fixture
+def model_dir(tiny_models) -> Path:
+    """A small real model, trained on 600 genuine digits (the session's, read only)."""
+    return tiny_models["baseline"].directory
 
 
 @pytest.fixture

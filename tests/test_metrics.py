@@ -27,16 +27,12 @@ from components.metrics import (
     top_k_accuracy,
     wilson_interval,
 )
-from components.models import create_model
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_dataset):
-    """A quickly trained real logistic-regression model on genuine MNIST digits."""
-    model = create_model("baseline", max_iter=50)
-    model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
-              tiny_dataset.x_validation, tiny_dataset.y_validation)
-    return model
+def baseline(tiny_models):
+    """A real logistic-regression model trained on genuine MNIST digits (the session's)."""
+    return tiny_models["baseline"].model
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,17 @@ import pytest
 
 from components.models import ModelError, create_model, load_model, read_info
 from components.train import train
+from tests.conftest import TINY_PARAMS
 
-# Small but real: a few hundred genuine MNIST digits, a few seconds per model.
-TINY_PARAMS = {
-    "cnn": {"epochs": 4, "batch_size": 32},
-    "xgboost": {"n_estimators": 15, "max_depth": 4},
-    "baseline": {"max_iter": 100},
-}
 # Chance is 10%; these models reach well past 70% on 600 digits.
 MIN_TINY_ACCURACY = 0.7
 
 
-@pytest.fixture(scope="module", params=sorted(TINY_PARAMS))
-def trained(request, tiny_dataset, tmp_path_factory):
-    kind = request.param
-    model, info = train(kind, tiny_dataset, **TINY_PARAMS[kind])
-    directory = tmp_path_factory.mktemp(kind)
-    model.save(directory, **info)
-    return kind, model, info, directory
+@pytest.fixture(params=sorted(TINY_PARAMS))
+def trained(request, tiny_models):
+    """Each family's tiny model in turn: ``(kind, model, info, saved folder)``."""
+    tiny = tiny_models[request.param]
+    return request.param, tiny.model, tiny.info, tiny.directory
 
 
 def test_models_learn_real_digits(trained, tiny_dataset):
@@ -55,7 +48,8 @@ def test_save_load_round_trip_gives_identical_predictions(trained, tiny_dataset)
 def test_training_curves_are_recorded(trained):
     kind, model, _, _ = trained
     key = {"cnn": "val_accuracy", "xgboost": "val_mlogloss", "baseline": "val_accuracy"}[kind]
-    expected = {"cnn": 4, "xgboost": 15, "baseline": 1}[kind]
+    expected = {"cnn": TINY_PARAMS["cnn"]["epochs"],
+                "xgboost": TINY_PARAMS["xgboost"]["n_estimators"], "baseline": 1}[kind]
     assert len(model.history[key]) == expected
 
 

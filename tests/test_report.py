@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from html.parser import HTMLParser
 from typing import ClassVar
 
@@ -24,7 +23,6 @@ from components.contract import (
 )
 from components.gate import GatePolicy, decide
 from components.metrics import compute_metrics, directory_size_bytes, mcnemar_test, timed_predict
-from components.models import create_model
 from components.rendering.figures import (
     figure_to_data_uri,
     most_confident_mistakes,
@@ -50,22 +48,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def evaluations(tiny_dataset, tmp_path_factory) -> dict[str, ModelEvaluation]:
+def evaluations(tiny_models, tiny_dataset) -> dict[str, ModelEvaluation]:
     """Two real models (logistic regression, a small XGBoost) on the 300 genuine holdout digits."""
     d = tiny_dataset
     result = {}
-    for kind, params in (("xgboost", {"n_estimators": 15, "n_jobs": 2}),
-                         ("baseline", {"max_iter": 50})):
-        model = create_model(kind, **params)
-        start = time.perf_counter()
-        model.fit(d.x_train, d.y_train, d.x_validation, d.y_validation)
-        train_seconds = time.perf_counter() - start
+    for kind in ("xgboost", "baseline"):
+        tiny = tiny_models[kind]
+        model = tiny.model
         proba, latency = timed_predict(model.predict_proba, d.x_holdout)
-        folder = tmp_path_factory.mktemp(kind)
-        model.save(folder)
         metrics = compute_metrics(d.y_holdout, proba, latency_ms_per_1000=latency,
-                                  model_size_bytes=directory_size_bytes(folder),
-                                  train_seconds=train_seconds)
+                                  model_size_bytes=directory_size_bytes(tiny.directory),
+                                  train_seconds=tiny.info["train_seconds"])
         result[kind] = ModelEvaluation(
             name=kind, y_true=d.y_holdout, proba=proba, images=d.x_holdout,
             history=model.history, metrics=metrics,

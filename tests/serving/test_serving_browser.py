@@ -43,10 +43,10 @@ from tests.serving.test_serving_cli import (  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def base_url(served, s3_server, tmp_path_factory):
+def base_url(production, s3_server, tmp_path_factory):
     """The real server (``digits serve``: granian, the front, the serving identity) on the
     bucket the served app reads, so the page meets every header and limit users meet."""
-    bucket = served[0].extensions["digits"].settings.bucket
+    bucket = production[0].bucket
     port = free_port()
     env = clean_env(**serving_environ(s3_server, bucket))
     process = start_serve(port, env, tmp_path_factory.mktemp("browser") / "serve.log")

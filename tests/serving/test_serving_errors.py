@@ -156,7 +156,11 @@ def test_multipart_errors_name_the_file(served):
 
 
 def test_server_still_answers_after_the_bad_inputs(served):
+    """Every bad input, one after another on one server; then it is ready and answers."""
     app, client, _, _ = served
+    for _, method, path, content_type, body, status, _ in CASES:
+        headers = {"Content-Type": content_type} if content_type else {}
+        assert client.open(path, method=method, data=body, headers=headers).status_code == status
     assert client.get("/v2/health/ready").status_code == 200
     assert client.post(INFER, data=tensor(), content_type=JSON).status_code == 200
     text = app.extensions["digits"].metrics.render()[0].decode()
@@ -240,7 +244,7 @@ def test_a_405_names_the_allowed_methods(served):
 # --------------------------------------------------------------------------- the OpenAPI schema
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def request_schema(served):
     pytest.importorskip("jsonschema")
     _, client, _, _ = served

@@ -268,15 +268,20 @@ def test_a_promoted_version_answers_over_grpc(served, trained, tiny_dataset):
     client, port = served["client"], served["port"]
     images = tiny_dataset.x_holdout[:10]
     second = promote(served["registry"], trained["baseline"], "better model")
-    wait_for(lambda: set(model_info(port).values()) == {second}, 60,
-             "every worker on the new version")
-    result = client.infer(MODEL, [images_input(images)])
-    assert result.get_response().model_version == second
-    np.testing.assert_allclose(result.as_numpy("probabilities"),
-                               trained["baseline"].proba(images), rtol=0, atol=1e-6)
-    assert client.get_model_metadata(MODEL, as_json=True)["versions"] == [second]
-    assert client.is_model_ready(MODEL, second)
-    assert not client.is_model_ready(MODEL, served["version"])
+    try:
+        wait_for(lambda: set(model_info(port).values()) == {second}, 60,
+                 "every worker on the new version")
+        result = client.infer(MODEL, [images_input(images)])
+        assert result.get_response().model_version == second
+        np.testing.assert_allclose(result.as_numpy("probabilities"),
+                                   trained["baseline"].proba(images), rtol=0, atol=1e-6)
+        assert client.get_model_metadata(MODEL, as_json=True)["versions"] == [second]
+        assert client.is_model_ready(MODEL, second)
+        assert not client.is_model_ready(MODEL, served["version"])
+    finally:  # the module's server serves the XGBoost version again, whatever runs next
+        served["registry"].rollback("test over")
+        wait_for(lambda: set(model_info(port).values()) == {served["version"]}, 60,
+                 "every worker back on the first version")
 
 
 # --------------------------------------------------------------------------- no model yet
