@@ -73,6 +73,9 @@ SOURCES: dict[str, Source] = {
 }
 
 _PROVENANCE = re.compile(r"<!-- provenance commit=(\S+) code=(\S+) regenerate=\"([^\"]+)\" -->")
+#: A block left old on purpose (its run did not fit): says so where readers see it, and
+#: holds the digest of the code it was left old against, so a further change fails again.
+_OUTDATED = re.compile(r"<!-- outdated code=(\S+) -->\n> [^\n]*\n\n?")
 
 
 def code_files(name: str, paths: Iterable[str], *, strict: bool = True) -> list[str]:
@@ -164,8 +167,37 @@ def block(text: str, name: str) -> str:
 
 
 def with_provenance(content: str, line: str) -> str:
-    """``content`` opened by provenance ``line`` (an older provenance line replaced)."""
-    return line + "\n" + _PROVENANCE.sub("", content, count=1).lstrip("\n")
+    """``content`` opened by provenance ``line`` (an older provenance line, and any note that
+    the block is outdated, replaced: a regenerated block is current)."""
+    content = _OUTDATED.sub("", _PROVENANCE.sub("", content, count=1).lstrip("\n"), count=1)
+    return line + "\n" + content.lstrip("\n")
+
+
+def mark_outdated(name: str, reason: str, root: Path = README.parent) -> None:
+    """Say, in block ``name`` itself, that its figures predate today's code, and why.
+
+    For a block whose run does not fit now (the study takes hours): the README shows
+    readers a warning under the figures' provenance instead of passing them off as
+    current, and the staleness check accepts the block only while its code stays as it
+    is at this moment.
+    """
+    readme = root / "README.md"
+    text = readme.read_text()
+    content = block(text, name)
+    found = _PROVENANCE.search(content)
+    if not found:
+        raise SystemExit(f"README block {name!r} has no provenance to mark outdated")
+    content = _OUTDATED.sub("", content, count=1)
+    note = (f"<!-- outdated code={tree_digest(name, root)} -->\n"
+            f"> **Outdated:** these figures were made at commit {found[1]}; the code that "
+            f"determines them has changed since ({reason}). Remake them with "
+            f"`{SOURCES[name].command}`.\n\n")
+    if name == "study":  # the section is generated from docs/study: the note lives there
+        record = json.loads((root / "docs" / "study" / "study.json").read_text())
+        record["outdated"] = note
+        (root / "docs" / "study" / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+    content = content.replace(found[0] + "\n", found[0] + "\n" + note, 1)
+    readme.write_text(replace_block(text, name, content))
 
 
 def stale(root: Path = README.parent) -> list[str]:
@@ -183,7 +215,9 @@ def stale(root: Path = README.parent) -> list[str]:
                             f"regenerate it with `{source.command}`")
             continue
         commit, digest = found[1], found[2]
-        if digest == tree_digest(name, root):
+        current = tree_digest(name, root)
+        outdated = _OUTDATED.search(block(text, name))
+        if digest == current or (outdated and outdated[1] == current):
             continue
         changed = _git(root, "diff", "--name-only", commit.removesuffix("+changes"), "--",
                        *code_files(name, _tree_files(root)))
@@ -313,7 +347,13 @@ def study_figures(directory: Path = STUDY) -> str:
         "study and rewrites this section." + (f" {record['note']}" if record.get("note") else ""))
     text = results_markdown(read_results(directory / "results.csv"),
                             "docs/study/learning_curves.png", provenance)
-    return with_provenance(text, record["provenance"]) if "provenance" in record else text
+    if "provenance" not in record:
+        return text
+    text = with_provenance(text, record["provenance"])
+    if record.get("outdated"):  # readme_figures.py outdated study REASON
+        text = text.replace(record["provenance"] + "\n",
+                            record["provenance"] + "\n" + record["outdated"], 1)
+    return text
 
 
 def stamp(name: str, commit: str) -> None:
@@ -348,12 +388,17 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "stamp" and argv[1] in SOURCES:
         stamp(argv[1], argv[2])
         return 0
+    if len(argv) == 3 and argv[0] == "outdated" and argv[1] in SOURCES:
+        mark_outdated(argv[1], argv[2])
+        print(f"README.md: {argv[1]} marked outdated")
+        return 0
     study = len(argv) in (2, 3) and argv[0] == "study"
     if not study and (len(argv) != 2 or argv[0] not in FIGURES):
         raise SystemExit(f"usage: readme_figures.py {'|'.join(FIGURES)} RESULTS.json\n"
                          "       readme_figures.py study SIMULATION_DIRECTORY [NOTE]\n"
                          "       readme_figures.py check\n"
-                         f"       readme_figures.py stamp {'|'.join(SOURCES)} COMMIT")
+                         f"       readme_figures.py stamp {'|'.join(SOURCES)} COMMIT\n"
+                         f"       readme_figures.py outdated {'|'.join(SOURCES)} REASON")
     name, path = argv[:2]
     if study:
         if Path(path).resolve() != STUDY.resolve():

@@ -82,7 +82,7 @@ def test_a_changed_model_file_makes_every_figure_it_determines_stale(tmp_path):
     assert readme_figures.stale(root) == []
     assert "commit=unknown" in (root / "README.md").read_text()  # no git here: said so
 
-    models = sorted((root / "components").glob("models*.py"))[0]
+    models = root / "components" / "models" / "cnn.py"
     os.utime(models, (0, 0))  # a touched file is not a changed one
     assert readme_figures.stale(root) == []
 
@@ -91,6 +91,28 @@ def test_a_changed_model_file_makes_every_figure_it_determines_stale(tmp_path):
     assert len(problems) == len(readme_figures.SOURCES)  # every figure runs the models
     for name, source in readme_figures.SOURCES.items():
         assert any(f"'{name}'" in p and f"`{source.command}`" in p for p in problems), problems
+
+
+def test_a_block_left_outdated_says_so_and_only_for_the_code_it_was_left_against(tmp_path):
+    """A run that does not fit now: the README says the figures are old, the check accepts it
+    until the code changes again."""
+    root = _copy_of_the_code(tmp_path)
+    features = root / "components" / "features.py"
+    features.write_text(features.read_text() + "\nCELL = 7  # a changed feature\n")
+    assert any("'run'" in p for p in readme_figures.stale(root))
+
+    readme_figures.mark_outdated("run", "a changed feature", root)
+    text = (root / "README.md").read_text()
+    assert "**Outdated:**" in readme_figures.block(text, "run")
+    assert "`make readme-figures`" in readme_figures.block(text, "run")
+    assert not any("'run'" in p for p in readme_figures.stale(root))
+
+    features.write_text(features.read_text() + "\nPOOL = 3  # and another\n")
+    assert any("'run'" in p for p in readme_figures.stale(root))
+
+    regenerated = readme_figures.with_provenance(
+        readme_figures.block(text, "run"), readme_figures.current_provenance("run", root))
+    assert "Outdated" not in regenerated  # a remade block is current again
 
 
 def test_code_outside_a_figures_sources_leaves_it_current(tmp_path):
