@@ -74,6 +74,7 @@ def report(command: str, error: BaseException) -> int:
     code = exit_code(error)
     if code is None:
         raise error
-    reason = "interrupted" if code == INTERRUPTED else (str(error) or type(error).__name__)
+    reason = str(error) or ("interrupted" if isinstance(error, KeyboardInterrupt)
+                            else type(error).__name__)
     print(f"digits {command}: {reason}", file=sys.stderr)
     return code

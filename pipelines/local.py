@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from components.contract import PROMOTE, GateDecision
+from components.errors import USER_ERROR, exit_code_by_name
 from components.settings import Settings
 from pipelines.progress import SKIPPED, WAITING, LiveView, PlainView, TaskLogRouter
 from pipelines.training import MODEL_FAMILIES, build_pipeline
@@ -30,9 +31,6 @@ QUICK_ARGUMENTS: dict[str, Any] = {
 #: The headline metrics a run summary carries per model (the full set is in the report).
 SUMMARY_METRICS = ("n", "accuracy", "accuracy_ci", "top2_accuracy", "log_loss", "mcc", "ece",
                    "macro_avg", "performance")
-#: Errors a stage raises for input the user can fix (exit code 2); anything else is ours (1).
-USER_ERRORS = frozenset({"DataError", "ValueError", "FileNotFoundError", "NotADirectoryError",
-                         "PermissionError", "ArgumentTypeError"})
 #: How tasks execute: in this Python environment, or each in its own container.
 RUNNERS = ("subprocess", "docker")
 #: Where runs that failed are moved, so ``runs/`` holds only runs that finished.
@@ -311,7 +309,8 @@ def _failure(router: TaskLogRouter, error: Exception) -> RunFailed:
         return RunFailed("pipeline", str(error).splitlines()[0] if str(error) else
                          type(error).__name__, router.log_dir / "runner.log", False)
     reason = stage.error or _last_line(stage.log) or "no reason given"
-    return RunFailed(stage.label, reason, stage.log, stage.error_type in USER_ERRORS)
+    user_error = exit_code_by_name(stage.error_type) == USER_ERROR
+    return RunFailed(stage.label, reason, stage.log, user_error)
 
 
 def _last_line(log: Path | None) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
+from cli.main import main
 from components.registry import Registry
 from components.settings import get_settings
 
@@ -210,7 +210,7 @@ def test_serving_side_commands_never_import_the_training_stack():
 
     code = "\n".join([
         "import sys",
-        "from components import cli",
+        "from cli import main as cli",
         "for argv in (['--help'], ['registry', 'list', '--help'], ['kaggle', '--help'],",
         "             ['serve', '--help']):",
         "    try:",

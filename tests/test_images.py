@@ -345,7 +345,7 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
 
 def run_in_containers(env: dict[str, str], *args: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "components.cli", "run", "--quick", "--runner", "docker",
+        [sys.executable, "-m", "cli", "run", "--quick", "--runner", "docker",
          "--json", *args], env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)

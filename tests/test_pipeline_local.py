@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def run_cli(*args: str, env: dict[str, str]) -> tuple[dict, str]:
     result = subprocess.run(
-        [sys.executable, "-m", "components.cli", "run", "--quick", "--json", *args],
+        [sys.executable, "-m", "cli", "run", "--quick", "--json", *args],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -120,14 +120,14 @@ def test_quick_run_twice_promotes_then_refuses_a_weaker_model(tmp_path, mnist_di
     assert weaker["kaggle"] is None  # nothing promoted, nothing submitted
 
     archived = subprocess.run(
-        [sys.executable, "-m", "components.cli", "kaggle", "list", "--json"],
+        [sys.executable, "-m", "cli", "kaggle", "list", "--json"],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )
     record, = json.loads(archived.stdout)
     assert record["version"] == first["version"] and record["key"] == first["kaggle"]["key"]
 
     listed = subprocess.run(
-        [sys.executable, "-m", "components.cli", "registry", "list", "--json"],
+        [sys.executable, "-m", "cli", "registry", "list", "--json"],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )
     statuses = {row["version"]: row["status"] for row in json.loads(listed.stdout)}

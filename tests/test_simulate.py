@@ -69,7 +69,7 @@ def study(tmp_path_factory, mnist_dir):
     """A tiny simulation killed (SIGKILL, process group) after its first step, then resumed."""
     output = tmp_path_factory.mktemp("simulation") / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "components.cli", "simulate", *TINY, "--output", str(output)],
+        [sys.executable, "-m", "cli", "simulate", *TINY, "--output", str(output)],
         env=_environment(mnist_dir), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

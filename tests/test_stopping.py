@@ -68,7 +68,7 @@ def test_sigterm_stops_the_command_its_tasks_and_its_s3_store(command, mnist_dir
     for key in [k for k in env if k.startswith("DIGITS_S3_")]:
         del env[key]  # the embedded store, as a new user gets
     run = subprocess.Popen(
-        [sys.executable, "-m", "components.cli", *(a.format(tmp=tmp_path) for a in argv)],
+        [sys.executable, "-m", "cli", *(a.format(tmp=tmp_path) for a in argv)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own group: nothing but our signal reaches it
     weed: dict = {}

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from cli.main import build_parser, main, run_arguments
 from components import tune
-from components.cli import build_parser, main, run_arguments
 from components.data import Dataset
 from components.models import MODEL_KINDS
 from components.tune import SPACES, Splits, TuneError

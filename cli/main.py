@@ -318,21 +318,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _run_stage(name: str, argv: list[str]) -> int:
-    """A stage CLI under the one error policy: one line of reason; exit 1 (ours) or 2 (yours)."""
+    """A stage CLI under the one error policy (:mod:`components.errors`)."""
     import importlib
 
-    from components.contract import StageError
-    from components.datafiles import DataError
-    from components.registry import RegistryError
+    from components.errors import report
 
     try:
         return importlib.import_module(STAGES[name]).main(argv)
-    except StageError as error:
-        print(f"digits {name}: {error}", file=sys.stderr)
-        return 1
-    except (DataError, RegistryError, ValueError) as error:
-        print(f"digits {name}: {error}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as error:
+        return report(name, error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,13 +353,11 @@ def main(argv: list[str] | None = None) -> int:
 
         with sigterm_as_interrupt():
             return handlers[args.command](args)
-    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM made into one: cleaned up
-        print(f"digits {args.command}: {error or 'interrupted'}", file=sys.stderr)
-        return getattr(error, "exit_code", 130)
-    except Exception as error:  # one clear line for users; tracebacks are for bugs
+    except (Exception, KeyboardInterrupt) as error:  # Ctrl-C or SIGTERM: cleaned up by now
         from components.errors import report
 
-        return report(args.command, error)  # RunFailed carries its own exit code
+        # One line for users, tracebacks for bugs; RunFailed and a SIGTERM carry their code.
+        return report(args.command, error)
 
 
 if __name__ == "__main__":
