@@ -47,6 +47,7 @@ from components.metrics import expected_calibration_error  # noqa: E402
 from components.models import TTA_SHIFTS  # noqa: E402
 from components.stem import flatten, preprocess  # noqa: E402
 from components.train import train  # noqa: E402
+from pipelines.local import QUICK_ARGUMENTS  # noqa: E402
 
 PEER_CNN_EPOCHS, PEER_CNN_BATCH = 15, 128
 PEER_XGB_ROUNDS, PEER_XGB_DEPTH = 100, 6
@@ -197,10 +198,11 @@ def run(quick: bool, seeds: tuple[int, ...] = SEEDS) -> dict:
     mnist_dir = os.environ.get("DIGITS_MNIST_DIR") or ROOT.parent / "shared" / "data" / "mnist"
     x_train, y_train, x_test, y_test, source = load_mnist(Path(mnist_dir))
     dataset = build_dataset(x_train, y_train, x_test, y_test, source, seed=0,
-                            train_size=3000 if quick else None)
+                            train_size=QUICK_ARGUMENTS["train_size"] if quick else None)
     # --quick: what `digits run --quick` trains with, a smoke run of a few minutes.
-    cnn_quick = {"epochs": 3, "batch_size": 64} if quick else {}
-    xgb_rounds = 20 if quick else None
+    cnn_quick = ({"epochs": QUICK_ARGUMENTS["epochs"], "batch_size": QUICK_ARGUMENTS["batch_size"]}
+                 if quick else {})
+    xgb_rounds = QUICK_ARGUMENTS["xgb_rounds"] if quick else None
     xgb_ours = {"n_estimators": xgb_rounds} if xgb_rounds else {}
     runs: dict[str, list[dict]] = {name: [] for name in (
         "keras-io convnet", "digits cnn", "default XGBoost", "digits xgboost")}

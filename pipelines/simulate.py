@@ -38,6 +38,7 @@ from typing import Any
 
 from components.argparsing import json_or_text, key_value, make_parser, positive_int
 from components.datafiles import write_atomically
+from pipelines.local import QUICK_TRAINING
 from pipelines.training import MODEL_FAMILIES
 
 #: Training-set sizes of the full study; 0 means every training digit.
@@ -51,8 +52,8 @@ DEFAULT_ARGUMENTS: dict[str, Any] = {"min_accuracy": 0.0}
 QUICK_SIZES = (300, 1_000)
 QUICK_SEEDS = 2
 QUICK_MODELS = ("xgboost", "baseline")
-QUICK_ARGUMENTS: dict[str, Any] = {"xgb_rounds": 15, "baseline_max_iter": 60,
-                                   "holdout_size": 2_000, "epochs": 2}
+QUICK_ARGUMENTS: dict[str, Any] = {**QUICK_TRAINING, "baseline_max_iter": 60,
+                                   "holdout_size": 2_000}
 
 STATE_FILE = "simulation.json"
 LOGS_DIR = "logs"
