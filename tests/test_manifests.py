@@ -896,7 +896,8 @@ def test_the_committed_policies_are_the_codes(standalone):
     assert actions == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}  # no delete, no '*'
     writable = {resource for statement in serving["Statement"]
                 if "s3:PutObject" in statement["Action"] for resource in statement["Resource"]}
-    assert writable == {f"arn:aws:s3:::{bucket}/feedback/*", f"arn:aws:s3:::{bucket}/submissions/*"}
+    assert writable == {f"arn:aws:s3:::{bucket}/feedback/*", f"arn:aws:s3:::{bucket}/submissions/*",
+                        f"arn:aws:s3:::{bucket}/payloads/*"}
 
 
 STAND_IN_MC = r"""#!/bin/sh
