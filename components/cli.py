@@ -22,11 +22,14 @@ STAGES = {
     "report": "components.report",
     "kaggle": "components.kaggle",
     "feedback": "components.feedback",
+    "monitor": "components.monitor",
 }
 STAGE_HELP = {
     "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
     "kaggle": "predict Kaggle's test.csv and submit ImageId,Label (digits kaggle run ...)",
     "feedback": "list or purge the digits users labelled (digits feedback list|purge)",
+    "monitor": "judge production's recent inputs against its training reference: drift, "
+               "feedback accuracy, whether to retrain (--json, an HTML report)",
 }
 
 

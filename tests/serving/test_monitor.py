@@ -1,0 +1,191 @@
+"""``digits monitor`` on what a real server sampled: clean traffic passes, drifted is caught.
+
+The server (the app, serving identity, real S3 store) classifies genuine MNIST
+digits the model never saw, sampling every image into payload windows; the
+monitor, as the pipeline identity, reads them back and judges them against the
+reference the train stage stored with the version. The tests are seeded, so
+each verdict here is reproducible (a clean stream's false-alarm rate is
+measured on many windows by ``bench/watch.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from components.feedback import FeedbackItem, FeedbackStore
+from components.monitor import (
+    TESTS,
+    class_priors_test,
+    main,
+    mmd_test,
+    monitor,
+    read_windows,
+)
+from components.train import reference_for
+from components.watch import VERDICT_KEY, Reference, Window
+from tests.serving.helpers import make_app, operator_registry, v2_body
+
+#: Small windows keep the test cheap; the bench measures the real sizes.
+WINDOW = 60
+PERMUTATIONS = 199
+
+
+@pytest.fixture(scope="module")
+def referenced(trained, tiny_dataset, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("monitored") / "model"
+    shutil.copytree(trained["xgboost"].directory, directory)
+    reference_for(trained["xgboost"].model, tiny_dataset).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def unseen(mnist):
+    """Official test digits beyond the tiny holdout, shuffled: never trained or validated on."""
+    x_test = mnist[2]
+    return x_test[300:][np.random.default_rng(7).permutation(len(x_test) - 300)][:360]
+
+
+def serve_stream(s3_server, registry, images: np.ndarray) -> str:
+    """Promote the model, send ``images`` through the app in requests of 12; the version."""
+    app, server = make_app(s3_server, registry, payload_sample=1.0, payload_window=WINDOW)
+    try:
+        assert server.model.wait_ready(30), server.model.last_error
+        client = app.test_client()
+        for start in range(0, len(images), 12):
+            answer = client.post("/v2/models/digits/infer",
+                                 json=v2_body(images[start:start + 12]))
+            assert answer.status_code == 200, answer.get_json()
+        return server.model.current.version
+    finally:
+        server.model.stop()  # writes the last window
+
+
+def judged(s3_server, registry, tmp_path, **options):
+    operator = operator_registry(s3_server, registry.bucket)
+    return operator, monitor(operator, report=tmp_path / "report.html", window_size=WINDOW,
+                             pooled=360, permutations=PERMUTATIONS, **options)
+
+
+def test_clean_traffic_raises_no_alarm(s3_server, make_registry, referenced, unseen,
+                                       tmp_path):
+    registry = make_registry()
+    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    version = serve_stream(s3_server, registry, unseen)
+    operator, verdict = judged(s3_server, registry, tmp_path)
+    assert verdict["version"] == version and verdict["images"] == len(unseen)
+    assert verdict["drift"] is False, verdict["tests"]
+    assert set(verdict["tests"]) == set(TESTS)
+    assert all(t["p_value"] >= verdict["threshold"] for t in verdict["tests"].values())
+    assert len(verdict["timeline"]) == len(unseen) // WINDOW
+    assert not any(w["drifted"] for w in verdict["timeline"])
+    assert verdict["retrain"] is False and verdict["reason"] == "no drift"
+    assert verdict["feedback_accuracy"] is None
+    # Recorded where the servers read it, and kept in the history.
+    assert json.loads(operator.read(VERDICT_KEY))["version"] == version
+    assert any(o.object_name.startswith("monitor/verdicts/") for o in
+               operator.client.list_objects(registry.bucket, prefix="monitor/", recursive=True))
+    page = (tmp_path / "report.html").read_text()
+    assert "no drift" in page and page.count("data:image/png;base64,") >= 3 + 12
+    assert "http://" not in page and "https://" not in page  # self-contained
+
+
+@pytest.mark.parametrize("kind", ["inverted", "thick-stroke", "rotated"])
+def test_drifted_traffic_is_caught_from_its_first_window(kind, s3_server, make_registry,
+                                                         referenced, unseen, tmp_path):
+    from bench.watch import inverted, rotated, thick
+
+    transform = {"inverted": inverted, "thick-stroke": thick, "rotated": rotated}[kind]
+    registry = make_registry()
+    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    clean, drifted = unseen[:120], transform(unseen[120:240])
+    version = serve_stream(s3_server, registry, np.concatenate([clean, drifted]))
+    operator = operator_registry(s3_server, registry.bucket)
+    store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
+    for i, image in enumerate(drifted[:10]):  # users label some digits: 9 of 10 agree
+        store.add(FeedbackItem.create(image, 1, predicted=1 if i < 9 else 7,
+                                      model_version=version))
+    _, verdict = judged(s3_server, registry, tmp_path, min_feedback=5)
+    assert verdict["drift"] is True and verdict["drifted"], verdict["tests"]
+    timeline = verdict["timeline"]
+    assert [bool(w["drifted"]) for w in timeline] == [False, False, True, True]
+    assert verdict["drift_since"] == timeline[2]["start"]
+    assert verdict["retrain"] is True and "corrected digits to train on" in verdict["reason"]
+    assert verdict["feedback_count"] == 10
+    assert "DRIFT" in (tmp_path / "report.html").read_text()
+    assert operator.read(VERDICT_KEY) is not None
+
+
+def test_feedback_disagreement_alone_advises_retraining(s3_server, make_registry, referenced,
+                                                        unseen, tmp_path):
+    registry = make_registry()
+    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    version = serve_stream(s3_server, registry, unseen[:120])
+    store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
+    for i in range(6):  # half the corrections disagree with the model
+        store.add(FeedbackItem.create(unseen[i], 3, predicted=3 if i % 2 else 5,
+                                      model_version=version))
+    store.add(FeedbackItem.create(unseen[0], 3, predicted=5, model_version="another-version"))
+    _, verdict = judged(s3_server, registry, tmp_path, min_feedback=6, min_accuracy=0.9)
+    assert verdict["feedback_count"] == 6 and verdict["feedback_accuracy"] == 0.5
+    assert verdict["retrain"] is True and "live accuracy 50.0%" in verdict["reason"]
+
+
+def test_the_command(s3_server, make_registry, referenced, trained, unseen, tmp_path,
+                     monkeypatch, capsys):
+    registry = make_registry()
+    for key, value in {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket}.items():
+        monkeypatch.setenv(key, value)
+    s3_server.grant(registry.bucket)
+    assert main(["--json", "--no-record", "--report", str(tmp_path / "r.html")]) == 2
+    assert "no production model" in capsys.readouterr().err
+    registry.promote(trained["baseline"].directory, {"kind": "baseline", "metrics": {}}, "old")
+    assert main(["--json", "--no-record"]) == 2
+    assert "without a drift reference" in capsys.readouterr().err
+    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    assert main(["--json", "--no-record", "--report", str(tmp_path / "r.html")]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["drift"] is False and verdict["images"] == 0
+    assert "only 0 sampled images" in verdict["reason"]
+    assert registry.read(VERDICT_KEY) is None, "--no-record writes nothing"
+    serve_stream(s3_server, registry, unseen[:240])
+    assert main(["--window", str(WINDOW), "--permutations", "99", "--report",
+                 str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "no drift on 240 sampled images" in out and "embedding" in out
+    assert (tmp_path / "r.html").exists() and registry.read(VERDICT_KEY) is not None
+
+
+def test_planted_windows_are_skipped_not_trusted(s3_server, make_registry, referenced,
+                                                 unseen):
+    registry = make_registry()
+    version = registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    s3_server.grant(registry.bucket)
+    operator = operator_registry(s3_server, registry.bucket)
+    good = Window(version, unseen[:5], np.zeros(5, int), np.ones(5, np.float32),
+                  np.arange(5.0))
+    operator._put(f"payloads/{version}/20990101T000000000000Z-1-a.npz", good.to_bytes())
+    operator._put(f"payloads/{version}/20990101T000000000001Z-1-b.npz", b"not a window")
+    other = Window("someone-else", unseen[:3], np.zeros(3, int), np.ones(3, np.float32),
+                   np.arange(3.0))
+    operator._put(f"payloads/{version}/20990101T000000000002Z-1-c.npz", other.to_bytes())
+    [window] = read_windows(operator, version)
+    assert len(window) == 5
+
+
+def test_the_statistics_themselves(referenced):
+    reference = Reference.load(referenced)
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(80, 4))
+    assert mmd_test(same, rng.normal(size=(80, 4)), bandwidth=2.0, permutations=199,
+                    seed=1).p_value > 0.05
+    moved = mmd_test(same + 1.0, rng.normal(size=(80, 4)), bandwidth=2.0, permutations=199,
+                     seed=1)
+    assert moved.p_value == 1 / 200  # nothing in the null is as extreme
+    priors = reference.predicted_priors
+    typical = rng.choice(10, size=300, p=priors)
+    assert class_priors_test(typical, reference).p_value > 0.01
+    assert class_priors_test(np.full(300, 1), reference).p_value < 1e-6
