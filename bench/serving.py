@@ -67,6 +67,7 @@ import loadgen  # noqa: E402
 
 from components.data import load_mnist  # noqa: E402
 from components.models import create_model, load_model  # noqa: E402
+from components.watch import REFERENCE_FILE  # noqa: E402
 
 MODEL_NAME = "digits"
 #: Model size: big enough to be a real model, small enough to train in about a minute here.
@@ -132,6 +133,8 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     directory = ROOT / ".digits" / "bench" / f"xgboost-raw-{TRAIN_SIZE}-{ROUNDS}-{DEPTH}"
     info_path = directory / "bench.json"
     if info_path.exists():
+        if not (directory / REFERENCE_FILE).exists():  # cached before references existed
+            with_reference(load_model(directory), directory, x_train, y_train, x_test)
         return directory, json.loads(info_path.read_text())["accuracy"]
     log(f"training XGBoost ({ROUNDS} rounds, depth {DEPTH}) on {TRAIN_SIZE} MNIST digits…")
     started = time.perf_counter()
@@ -145,6 +148,7 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
+    with_reference(model, tmp, x_train, y_train, x_test)
     (tmp / "bench.json").write_text(json.dumps({"accuracy": accuracy}))
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
@@ -156,14 +160,16 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
 
 
 @contextlib.contextmanager
-def our_server(model_dir: Path, workdir: Path) -> Iterator[int]:
-    """Registry (embedded S3) + ``digits serve``; yields the port."""
+def our_server(model_dir: Path, workdir: Path, name: str = "digits",
+               **settings: str) -> Iterator[int]:
+    """Registry (embedded S3) + ``digits serve`` (``settings``: extra ``DIGITS_*``
+    variables); yields the port."""
     from minio import Minio
 
     from components.registry import Registry
     from components.s3local import LocalS3
 
-    s3 = LocalS3(workdir / "s3").start()
+    s3 = LocalS3(workdir / f"s3-{name}").start()
     try:
         registry = Registry(Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False,
                                   region="us-east-1"), "bench")
@@ -172,9 +178,9 @@ def our_server(model_dir: Path, workdir: Path) -> Iterator[int]:
         env = {**os.environ, **s3.environ(), "DIGITS_BUCKET": "bench",
                "DIGITS_MODEL_NAME": MODEL_NAME, "DIGITS_POLL_INTERVAL_S": "30",
                "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / "home"),
-               "DIGITS_METRICS_PORT": str(free_port())}
+               "DIGITS_METRICS_PORT": str(free_port()), **settings}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        with (workdir / "digits-serve.log").open("wb") as out:
+        with (workdir / f"{name}-serve.log").open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "serving.cli", "--host", loadgen.LOCALHOST,
                  "--port", str(port)],
@@ -183,7 +189,7 @@ def our_server(model_dir: Path, workdir: Path) -> Iterator[int]:
         try:
             wait_ready(f"http://{loadgen.LOCALHOST}:{port}/v2/health/ready", process,
                        "digits serve")
-            log(f"digits serve ready on :{port} with {version}")
+            log(f"digits serve ({name}) ready on :{port} with {version}")
             yield port
         finally:
             stop(process)
@@ -307,6 +313,15 @@ def in_process(model_dir: Path, images: np.ndarray, batch: int, duration: float)
     return {"server": "in-process", "batch": batch, "concurrency": 1,
             "rps": len(latencies) / total, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "p99_ms": 1000 * float(np.percentile(latencies, 99)), "errors": 0}
+
+
+def with_reference(model, directory: Path, x_train, y_train, x_test) -> None:
+    """The drift reference the train stage stores with every model, so the server does
+    all its per-request watch work (the PCA embedding too) as in production."""
+    from components.watch import build_reference
+
+    build_reference(x_train[:TRAIN_SIZE], y_train[:TRAIN_SIZE], x_test[:1000],
+                    model.predict_proba(x_test[:1000])).save(directory)
 
 
 def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: int,
@@ -458,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"workers answer at once (default {OVERLOAD_CONCURRENCY}; 0: skip)")
     parser.add_argument("--slow-clients", default="3,24",
                         help="slow-client counts for the hostile rows (default 3,24; '': skip)")
+    parser.add_argument("--watch-cost", action="store_true",
+                        help="also run digits serve with DIGITS_WATCH=false (no per-request "
+                             "drift statistics, no payload sample) and compare, cell by cell")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -474,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-bench-")))
         ours = stack.enter_context(our_server(model_dir, workdir))
         theirs = stack.enter_context(mlserver(model_dir, workdir, venv)) if venv else None
+        unwatched = (stack.enter_context(our_server(model_dir, workdir, "nowatch",
+                                                    DIGITS_WATCH="false"))
+                     if args.watch_cost else None)
 
         reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
         ours_p = probabilities(ours, our_body(images[:64]))
@@ -486,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         # Both servers get the same untimed warm-up first: right after start-up one of
         # them may still be finishing its own start (imports, first-call paths), and
         # the first cell measured would pay for it.
-        for port, body in ((ours, our_body), (theirs, mlserver_body)):
+        for port, body in ((ours, our_body), (theirs, mlserver_body), (unwatched, our_body)):
             if port:
                 for batch in batches:
                     loadgen.run(port, request_pool(images, batch, body, port), concurrency=4,
@@ -498,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
                 # Alternate the servers cell by cell, so background load hits both alike.
                 rows.append(measure("digits", ours, our_pool, batch, concurrency,
                                     args.duration))
+                if unwatched:
+                    rows.append(measure("unwatched", unwatched,
+                                        request_pool(images, batch, our_body, unwatched),
+                                        batch, concurrency, args.duration))
                 if theirs:
                     rows.append(measure("mlserver", theirs, their_pool, batch, concurrency,
                                         args.duration))
@@ -529,6 +554,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\nSlow clients (a byte every 2 s, or idle) while a good client asks, "
               "2 s timeout:\n" + hostile_markdown(hostile))
         rows += hostile
+    if args.watch_cost:
+        print("\nCost of recording what the server sees (DIGITS_WATCH on vs off, same run):")
+        cells = {(r["server"], r["batch"], r["concurrency"]): r for r in rows
+                 if "rps" in r and not r.get("overload")}
+        for (server, batch, concurrency), row in sorted(cells.items()):
+            off = cells.get(("unwatched", batch, concurrency))
+            if server == "digits" and off:
+                print(f"  batch {batch:3d} x{concurrency:<3d} req/s {row['rps'] / off['rps']:.2f}x"
+                      f"  p50 {row['p50_ms'] / off['p50_ms']:.2f}x"
+                      f"  p99 {row['p99_ms'] / off['p99_ms']:.2f}x  (watched / unwatched)")
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

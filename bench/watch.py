@@ -12,7 +12,7 @@ server samples: ``tests/serving/test_monitor.py`` proves that path end to end):
 * clean: MNIST's official test digits (another population of writers than the
   training digits: the honest case), shuffled, and the training pool's digits
   left out of training and validation (same population as the reference);
-* drifted (:data:`DRIFTS`): rotated 30°, inverted, thick strokes (3×3 grey
+* drifted (:data:`DRIFTS`): rotated 15° (mild) and 30°, inverted, thick strokes (3×3 grey
   dilation), scaled to 0..1 by a client that then sends whole numbers (every
   pixel 0 or 1), and printed digits (DejaVu Sans, centred as MNIST is).
 
@@ -94,8 +94,8 @@ def printed(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-DRIFTS = {"rotated-30": rotated, "inverted": inverted, "thick-stroke": thick,
-          "scaled-0..1-as-integers": unit_scaled}
+DRIFTS = {"rotated-15": lambda images: rotated(images, 15.0), "rotated-30": rotated,
+          "inverted": inverted, "thick-stroke": thick, "scaled-0..1-as-integers": unit_scaled}
 
 
 def judge(model, reference, images: np.ndarray, window: int, *, alpha: float,

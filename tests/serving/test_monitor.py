@@ -189,3 +189,45 @@ def test_the_statistics_themselves(referenced):
     typical = rng.choice(10, size=300, p=priors)
     assert class_priors_test(typical, reference).p_value > 0.01
     assert class_priors_test(np.full(300, 1), reference).p_value < 1e-6
+
+
+@pytest.mark.slow
+def test_the_real_server_samples_what_the_monitor_judges(s3_server, make_registry, referenced,
+                                                         unseen, tmp_path):
+    """``digits serve`` (two granian workers) samples every image into windows, the last
+    ones written as the workers stop; the monitor sees clean traffic, then thick strokes."""
+    from bench.watch import thick
+    from tests.serving.helpers import serving_environ
+    from tests.serving.test_serving_cli import (
+        clean_env,
+        free_port,
+        model_info,
+        request,
+        start_serve,
+        stop_serve,
+    )
+    from tests.waiting import wait_for
+
+    registry = make_registry()
+    version = registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    env = clean_env(**serving_environ(s3_server, registry.bucket), DIGITS_PAYLOAD_SAMPLE="1",
+                    DIGITS_PAYLOAD_WINDOW="30", DIGITS_HOME=str(tmp_path / "home"))
+    port = free_port()
+    process = start_serve(port, env, tmp_path / "serve.log")
+    stream = np.concatenate([unseen[:180], thick(unseen[180:300])])
+    try:
+        wait_for(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 60, "ready")
+        wait_for(lambda: len(model_info(port)) == 2, 30, "both workers loaded")
+        for start in range(0, len(stream), 6):
+            body = json.dumps(v2_body(stream[start:start + 6])).encode()
+            assert request(port, "POST", "/v2/models/digits/infer", body)[0] == 200
+    finally:
+        code = stop_serve(process)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    operator = operator_registry(s3_server, registry.bucket)
+    windows = read_windows(operator, version)
+    assert len(windows) >= 2 and np.array_equal(Window.concat(windows).images, stream)
+    verdict = monitor(operator, report=tmp_path / "report.html", window_size=WINDOW,
+                      pooled=300, permutations=PERMUTATIONS)
+    assert verdict["drift"] is True
+    assert [bool(w["drifted"]) for w in verdict["timeline"]] == [False] * 3 + [True] * 2
