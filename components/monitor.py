@@ -38,6 +38,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -81,6 +82,10 @@ MIN_ACCURACY = 0.9
 #: The images shown as the most unusual.
 UNUSUAL = 24
 HISTORY = "monitor/verdicts"
+#: The last retraining ``--trigger`` started (the cooldown), and every one of them.
+TRIGGER_KEY = "monitor/trigger.json"
+TRIGGERS = "monitor/triggers"
+COOLDOWN_HOURS = 24.0
 
 
 class MonitorError(ValueError):
@@ -397,7 +402,7 @@ def _figures(verdict: dict[str, Any], windows: list[Window], reference: Referenc
         middle.hist(reference.confidence, bins, density=True, alpha=0.6, label="reference")
         middle.hist(joined.confidence, bins, density=True, alpha=0.6, label="live")
         middle.set_title("top-class confidence")
-        bins = np.linspace(0, 0.6, 25)
+        bins = np.linspace(0, 1, 41)
         right.hist(reference.ink, bins, density=True, alpha=0.6, label="reference")
         right.hist(ink(joined.images), bins, density=True, alpha=0.6, label="live")
         right.set_title("ink mass")
@@ -482,6 +487,106 @@ def monitor(registry: Any, *, version: str | None = None, since_hours: float = S
     return verdict
 
 
+# --------------------------------------------------------------------------- retraining
+
+
+def _read_with_etag(registry: Any, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    from minio.error import S3Error
+
+    try:
+        response = registry.client.get_object(registry.bucket, key)
+    except S3Error as error:
+        if error.code in ("NoSuchKey", "NoSuchBucket"):
+            return None, None
+        raise
+    try:
+        raw, etag = response.read(), response.headers.get("ETag")
+    finally:
+        response.close()
+        response.release_conn()
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None  # unreadable: treated as no earlier run (the write below replaces it)
+    return (record if isinstance(record, dict) else None), etag
+
+
+def trigger(registry: Any, verdict: dict[str, Any], start: Callable[[], dict[str, Any]], *,
+            runner: str, cooldown_hours: float = COOLDOWN_HOURS) -> dict[str, Any]:
+    """Start one retraining run (``start``) if ``verdict`` calls for it and no run was
+    started within ``cooldown_hours``; record when and why in the registry.
+
+    The cooldown record (``monitor/trigger.json``) is claimed with a conditional
+    write before the run starts, so of two monitors deciding at the same moment
+    exactly one starts a run. Every start is kept under ``monitor/triggers/``.
+    """
+    from components.registry import ProductionMoved
+
+    if not verdict["retrain"]:
+        return {"started": False, "reason": f"no retraining called for ({verdict['reason']})"}
+    last, etag = _read_with_etag(registry, TRIGGER_KEY)
+    now = time.time()
+    if last is not None and now - float(last.get("at", 0)) < cooldown_hours * 3600:
+        return {"started": False, "reason": (
+            f"cooldown: a run was started at {last.get('started_at')} ({last.get('reason')}); "
+            f"the next may start after {_iso(float(last['at']) + cooldown_hours * 3600)}"),
+            "last": last}
+    record = {"at": now, "started_at": _iso(now), "version": verdict["version"],
+              "reason": verdict["reason"], "verdict_timestamp": verdict["timestamp"],
+              "runner": runner, "cooldown_hours": cooldown_hours}
+    try:
+        registry._conditional_put(TRIGGER_KEY, json.dumps(record).encode(), etag=etag)
+    except ProductionMoved:
+        return {"started": False,
+                "reason": "another monitor started a run at the same moment"}
+    try:
+        record["run"] = start()
+    except Exception as error:
+        record["error"] = f"{type(error).__name__}: {error}"
+        _record(registry, record)
+        # A run that never started must not hold the cooldown.
+        if last is not None:
+            registry.append(TRIGGER_KEY, json.dumps(last).encode(), "application/json")
+        else:
+            registry.client.remove_object(registry.bucket, TRIGGER_KEY)
+        raise
+    _record(registry, record)
+    registry.append(TRIGGER_KEY, json.dumps(record, default=str).encode(), "application/json")
+    return {"started": True, "reason": verdict["reason"], "run": record["run"]}
+
+
+def _record(registry: Any, record: dict[str, Any]) -> None:
+    registry.append(f"{TRIGGERS}/{_stamp(datetime.now(timezone.utc))}.json",
+                    json.dumps(record, indent=2, default=str).encode(), "application/json")
+
+
+def starter(args: argparse.Namespace) -> tuple[str, Callable[[], dict[str, Any]]]:
+    """How ``--trigger`` starts a run: on the KFP API at ``--host``, else locally."""
+    from components.argparsing import json_or_text
+
+    arguments = {name: json_or_text(value) for name, value in args.arg}
+    if args.host:
+        def on_cluster() -> dict[str, Any]:
+            from pipelines.submit import submit
+
+            run_id = submit(args.host, args.experiment, arguments, package=args.package,
+                            namespace=args.namespace)
+            return {"kfp_run_id": run_id, "host": args.host, "experiment": args.experiment}
+
+        return "kfp", on_cluster
+
+    def locally() -> dict[str, Any]:
+        from pipelines.local import run_pipeline
+        from pipelines.training import MODEL_FAMILIES
+
+        summary = run_pipeline(arguments, args.models or MODEL_FAMILIES)
+        gate = summary.get("gate") or {}
+        return {"run_id": summary.get("run_id"), "version": summary.get("version"),
+                "decision": gate.get("decision"), "production": summary.get("production")}
+
+    return "local", locally
+
+
 def format_verdict(verdict: dict[str, Any]) -> str:
     lines = [f"{verdict['version']}: {'DRIFT' if verdict['drift'] else 'no drift'} on "
              f"{verdict['images']} sampled images; retrain: "
@@ -494,6 +599,11 @@ def format_verdict(verdict: dict[str, Any]) -> str:
                      f"{verdict['feedback_count']} corrected digits")
     if verdict.get("report"):
         lines.append(f"  report: {verdict['report']}")
+    if verdict.get("trigger"):
+        outcome = verdict["trigger"]
+        lines.append(f"  trigger: {'started a run' if outcome['started'] else 'no run'} "
+                     f"({outcome['reason']})" + (f": {outcome['run']}" if outcome.get("run")
+                                                 else ""))
     return "\n".join(lines)
 
 
@@ -519,6 +629,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", dest="record", action="store_false",
                    help="do not write the verdict to the registry (monitor/verdict.json)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument("--trigger", action="store_true",
+                   help="when the verdict says retrain, start a pipeline run: on the KFP API "
+                        "at --host, else locally (kfp.local); at most one per --cooldown")
+    p.add_argument("--cooldown", type=float, default=COOLDOWN_HOURS, metavar="HOURS",
+                   help="hours after a triggered run before --trigger starts another")
+    p.add_argument("--models", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+                   help="local runs: the model families to train (default: all)")
+    from pipelines.submit import add_kfp_options
+
+    add_kfp_options(p, host_required=False)
     return p
 
 
@@ -538,5 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         except MonitorError as error:
             print(f"digits monitor: {error}", file=sys.stderr)
             return 2
-    print(json.dumps(verdict) if args.json else format_verdict(verdict))
+        if args.trigger:
+            runner, start = starter(args)
+            verdict["trigger"] = trigger(registry, verdict, start, runner=runner,
+                                         cooldown_hours=args.cooldown)
+    print(json.dumps(verdict, default=str) if args.json else format_verdict(verdict))
     return 0

@@ -11,6 +11,7 @@ measured on many windows by ``bench/watch.py``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -231,3 +232,77 @@ def test_the_real_server_samples_what_the_monitor_judges(s3_server, make_registr
                       pooled=300, permutations=PERMUTATIONS)
     assert verdict["drift"] is True
     assert [bool(w["drifted"]) for w in verdict["timeline"]] == [False] * 3 + [True] * 2
+
+
+@pytest.mark.slow
+def test_trigger_starts_exactly_one_local_run_then_cools_down(
+        s3_server, make_registry, referenced, unseen, mnist_dir, tmp_path, monkeypatch, capsys):
+    """Drift and enough feedback: ``--trigger`` runs the pipeline locally (kfp.local, a
+    quick baseline-only run that trains on the feedback); a second call within the
+    cooldown starts nothing. The registry records the one run and why."""
+    from bench.watch import thick
+    from components.monitor import TRIGGER_KEY, TRIGGERS
+
+    registry = make_registry()
+    first = registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    version = serve_stream(s3_server, registry, thick(unseen[:240]))
+    store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
+    for image in thick(unseen[:6]):  # thick strokes: not holdout digits, so trained on
+        store.add(FeedbackItem.create(image, 4, predicted=4, model_version=version))
+    env = {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
+           "DIGITS_MNIST_DIR": str(mnist_dir), "DIGITS_HOME": str(tmp_path / "home")}
+    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    flags = ["--trigger", "--json", "--min-feedback", "5", "--window", str(WINDOW),
+             "--permutations", "99", "--report", str(tmp_path / "report.html"),
+             "--models", "baseline", "--arg", "train_size=1000", "--arg", "min_accuracy=0.5"]
+    assert main(flags) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["drift"] is True and verdict["retrain"] is True
+    started = verdict["trigger"]
+    assert started["started"] is True and started["run"]["run_id"], started
+    operator = operator_registry(s3_server, registry.bucket)
+    versions = {row["version"] for row in operator.list()}
+    assert versions == {first, started["run"]["version"]}, "one run, one new version"
+    assert operator.run_version(started["run"]["run_id"]) == started["run"]["version"]
+    record = json.loads(operator.read(TRIGGER_KEY))
+    assert record["version"] == version and "drift in" in record["reason"]
+    # The run learned from the feedback it had.
+    run_feedback = json.loads(operator.read(
+        f"{operator.metadata(started['run']['version'])['status']}/"
+        f"{started['run']['version']}/metadata.json"))["dataset"].get("feedback")
+    assert run_feedback and run_feedback["used"] >= 1
+
+    assert main(flags) == 0  # the verdict still says retrain; the cooldown says no
+    again = json.loads(capsys.readouterr().out)["trigger"]
+    assert again["started"] is False and again["reason"].startswith("cooldown")
+    assert {row["version"] for row in operator.list()} == versions
+    history = list(operator.client.list_objects(registry.bucket, prefix=f"{TRIGGERS}/"))
+    assert len(history) == 1
+
+
+def test_a_run_that_cannot_start_does_not_hold_the_cooldown(
+        s3_server, make_registry, referenced, unseen, tmp_path, monkeypatch):
+    from bench.watch import inverted
+    from components.data import DataError
+    from components.monitor import TRIGGER_KEY, TRIGGERS
+
+    registry = make_registry()
+    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    version = serve_stream(s3_server, registry, inverted(unseen[:120]))
+    store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
+    store.add(FeedbackItem.create(unseen[0], 4, predicted=4, model_version=version))
+    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
+                       "DIGITS_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(DataError, match="--kaggle nope"):  # the local run refuses at once
+        main(["--trigger", "--min-feedback", "1", "--window", str(WINDOW), "--permutations",
+              "99", "--report", str(tmp_path / "r.html"), "--arg", "kaggle_mode=nope"])
+    operator = operator_registry(s3_server, registry.bucket)
+    assert operator.read(TRIGGER_KEY) is None, "no cooldown after a run that never started"
+    [failed] = list(operator.client.list_objects(registry.bucket, prefix=f"{TRIGGERS}/"))
+    assert "DataError" in json.loads(operator.read(failed.object_name))["error"]
