@@ -86,6 +86,34 @@ def center_of_mass(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def _moments_matrix() -> np.ndarray:
+    """``[784, 3]``: a flattened image times this gives its mass, Σ row·mass, Σ col·mass."""
+    rows, cols = np.divmod(np.arange(NUM_PIXELS), IMAGE_SIDE)
+    return np.stack([np.ones(NUM_PIXELS), rows, cols], axis=1).astype(np.float32)
+
+
+_MOMENTS = _moments_matrix()
+
+
+def summarise(images: np.ndarray, reference: Reference | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Ink, centre of mass and (with a reference) the embedding of ``uint8 [N, 28, 28]``
+    images in one matrix product: the server's per-request path, as cheap as it gets.
+    Equal to :func:`ink`, :func:`center_of_mass` and :meth:`Reference.embed` up to
+    float32 rounding."""
+    flat = images.reshape(len(images), NUM_PIXELS).astype(np.float32)
+    if reference is None:
+        out, embedding = flat @ _MOMENTS, None
+    else:
+        both = flat @ reference._summary
+        out, embedding = both[:, :3], both[:, 3:] - reference._offset
+    mass = out[:, 0]
+    safe = np.where(mass > 0, mass, np.float32(1))
+    centre = out[:, 1:3] / safe[:, None]
+    centre[mass == 0] = (IMAGE_SIDE - 1) / 2
+    return mass / np.float32(NUM_PIXELS * 255), centre, embedding
+
+
 def top_confidence(proba: np.ndarray) -> np.ndarray:
     return np.asarray(proba, dtype=np.float32).max(axis=1)
 
@@ -122,11 +150,18 @@ class Reference:
         flat = images.reshape(len(images), NUM_PIXELS).astype(np.float32) / np.float32(255)
         return ((flat - self._mean32) @ self._components32.T) / self._scale32
 
-    # float32 copies for the serving path, made once.
+    # float32 copies for the serving path, made once; and the one matrix :func:`summarise`
+    # multiplies raw pixels by: moments, then the embedding folded with its scaling
+    # ((x/255 - mean) @ Cᵀ / scale = x @ Cᵀ/(255·scale) - mean @ Cᵀ/scale).
     def __post_init__(self) -> None:
         object.__setattr__(self, "_mean32", self.mean.astype(np.float32))
         object.__setattr__(self, "_components32", self.components.astype(np.float32))
         object.__setattr__(self, "_scale32", self.scale.astype(np.float32))
+        folded = self.components.T / (255.0 * self.scale)
+        object.__setattr__(self, "_summary", np.concatenate(
+            [_MOMENTS.astype(np.float64), folded], axis=1).astype(np.float32))
+        object.__setattr__(self, "_offset", (self.mean @ self.components.T
+                                             / self.scale).astype(np.float32))
 
     def to_json(self) -> str:
         def rounded(array: np.ndarray, digits: int = 6) -> list:

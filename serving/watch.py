@@ -40,8 +40,7 @@ from components.watch import (
     INK_BUCKETS,
     VERDICT_KEY,
     Window,
-    center_of_mass,
-    ink,
+    summarise,
     window_key,
 )
 
@@ -69,21 +68,15 @@ def bucket_counts(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Tally:
-    """One version's observations since the last flush."""
+    """One version's observations since the last flush: per-request arrays, counted into
+    buckets by the worker's thread, not by the request."""
 
     kind: str
-    images: int = 0
-    classes: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.int64))
-    confidence: np.ndarray = field(default_factory=lambda: np.zeros(len(_CONFIDENCE) + 1,
-                                                                    np.int64))
-    confidence_sum: float = 0.0
-    ink: np.ndarray = field(default_factory=lambda: np.zeros(len(_INK) + 1, np.int64))
-    ink_sum: float = 0.0
-    center: np.ndarray = field(default_factory=lambda: np.zeros((2, len(_CENTER) + 1),
-                                                                np.int64))
-    center_sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    embedded: int = 0
-    embedding_sum: np.ndarray | None = None
+    predicted: list[np.ndarray] = field(default_factory=list)
+    confidence: list[np.ndarray] = field(default_factory=list)
+    ink: list[np.ndarray] = field(default_factory=list)
+    center: list[np.ndarray] = field(default_factory=list)
+    embedding: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +106,8 @@ class Watch:
         self._sampled_this_hour = 0
         self._capped = 0
         self._rng = np.random.default_rng()
+        #: Images to pass over before the next one sampled.
+        self._skip = 0
         self._thread: threading.Thread | None = None
         self._thread_pid: int | None = None
         self._stop = threading.Event()
@@ -137,29 +132,18 @@ class Watch:
         proba = np.asarray(proba)
         predicted = proba.argmax(axis=1)
         confidence = proba.max(axis=1)
-        mass = ink(images)
-        centre = center_of_mass(images)
-        reference = loaded.reference
-        embedding = reference.embed(images) if reference is not None else None
-        sample = self._sample(len(images))
+        mass, centre, embedding = summarise(images, loaded.reference)
         with self._lock:
+            sample = self._sample(len(images))
             tally = self._tallies.get(loaded.version)
             if tally is None:
                 tally = self._tallies[loaded.version] = _Tally(loaded.kind)
-            tally.images += len(images)
-            tally.classes += np.bincount(predicted, minlength=NUM_CLASSES)
-            tally.confidence += bucket_counts(confidence, _CONFIDENCE)
-            tally.confidence_sum += float(confidence.sum())
-            tally.ink += bucket_counts(mass, _INK)
-            tally.ink_sum += float(mass.sum())
-            for axis in (0, 1):
-                tally.center[axis] += bucket_counts(centre[:, axis], _CENTER)
-            tally.center_sum += centre.sum(axis=0)
+            tally.predicted.append(predicted)
+            tally.confidence.append(confidence)
+            tally.ink.append(mass)
+            tally.center.append(centre)
             if embedding is not None:
-                total = embedding.sum(axis=0, dtype=np.float64)
-                tally.embedding_sum = (total if tally.embedding_sum is None
-                                       else tally.embedding_sum + total)
-                tally.embedded += len(images)
+                tally.embedding.append(embedding)
             if sample is not None:
                 pending = self._pending.get(loaded.version)
                 if pending is None:
@@ -169,26 +153,38 @@ class Watch:
                 pending.confidence.append(confidence[sample].astype(np.float32))
                 pending.times.append(np.full(len(sample), time.time()))
                 pending.count += len(sample)
-        self.start()
+        if self._thread_pid != os.getpid():
+            self.start()
 
     def _sample(self, n: int) -> np.ndarray | None:
-        """Indices of the images to keep, within this hour's cap (``None``: none)."""
+        """Indices of the images of this batch to keep (``None``: none); call under the lock.
+
+        Each image is kept with probability ``DIGITS_PAYLOAD_SAMPLE``, drawn as
+        geometric gaps between kept images, so a request that keeps nothing (nearly
+        all of them) costs one comparison. At most ``DIGITS_PAYLOAD_MAX_PER_HOUR``
+        per clock hour; the rest are counted as capped.
+        """
         rate = self.settings.payload_sample
         if rate <= 0:
             return None
-        chosen = np.flatnonzero(self._rng.random(n) < rate) if rate < 1 else np.arange(n)
-        if not len(chosen):
+        if self._skip >= n:
+            self._skip -= n
             return None
+        chosen = []
+        position = self._skip
+        while position < n:
+            chosen.append(position)
+            position += 1 + (int(self._rng.geometric(rate)) - 1 if rate < 1 else 0)
+        self._skip = position - n
         hour = int(time.time() // 3600)
-        with self._lock:
-            if hour != self._hour:
-                self._hour, self._sampled_this_hour = hour, 0
-            room = self.settings.payload_max_per_hour - self._sampled_this_hour
-            if room < len(chosen):
-                self._capped += len(chosen) - max(room, 0)
-                chosen = chosen[:max(room, 0)]
-            self._sampled_this_hour += len(chosen)
-        return chosen if len(chosen) else None
+        if hour != self._hour:
+            self._hour, self._sampled_this_hour = hour, 0
+        room = max(self.settings.payload_max_per_hour - self._sampled_this_hour, 0)
+        if room < len(chosen):
+            self._capped += len(chosen) - room
+            chosen = chosen[:room]
+        self._sampled_this_hour += len(chosen)
+        return np.asarray(chosen) if chosen else None
 
     # ------------------------------------------------------------------ the worker's thread
 
@@ -245,17 +241,23 @@ class Watch:
 
         m = self.metrics
         assert m is not None
-        for label, count in enumerate(tally.classes):
+        classes = np.bincount(np.concatenate(tally.predicted), minlength=NUM_CLASSES)
+        for label, count in enumerate(classes):
             if count:
                 m.predicted_class.labels(version, str(label)).inc(int(count))
-        observe_counts(m.confidence.labels(version), tally.confidence, tally.confidence_sum)
-        observe_counts(m.ink.labels(version), tally.ink, tally.ink_sum)
+        confidence = np.concatenate(tally.confidence)
+        observe_counts(m.confidence.labels(version), bucket_counts(confidence, _CONFIDENCE),
+                       float(confidence.sum()))
+        mass = np.concatenate(tally.ink)
+        observe_counts(m.ink.labels(version), bucket_counts(mass, _INK), float(mass.sum()))
+        centre = np.concatenate(tally.center)
         for axis, name in enumerate(("row", "column")):
-            observe_counts(m.center.labels(version, name), tally.center[axis],
-                           float(tally.center_sum[axis]))
-        if tally.embedding_sum is not None:
-            for component, total in enumerate(tally.embedding_sum):
-                observe_counts(m.embedding.labels(version, str(component)), tally.embedded,
+            observe_counts(m.center.labels(version, name), bucket_counts(centre[:, axis], _CENTER),
+                           float(centre[:, axis].sum()))
+        if tally.embedding:
+            embedding = np.concatenate(tally.embedding)
+            for component, total in enumerate(embedding.sum(axis=0, dtype=np.float64)):
+                observe_counts(m.embedding.labels(version, str(component)), len(embedding),
                                float(total))
 
     def _write(self, version: str, pending: _Pending) -> None:

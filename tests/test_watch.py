@@ -97,3 +97,32 @@ def test_the_train_stage_stores_the_reference_with_the_model(tiny_dataset, tmp_p
     assert (tmp_path / "model" / REFERENCE_FILE).exists() and stored is not None
     assert stored.predicted_counts.sum() == len(tiny_dataset.x_validation)
     assert load_model(tmp_path / "model").kind == "baseline"  # the model is untouched
+
+
+def test_the_servers_one_product_summary_equals_the_definitions(reference, tiny_dataset):
+    from components.watch import summarise
+
+    images = np.concatenate([tiny_dataset.x_holdout[:50], np.zeros((1, 28, 28), np.uint8)])
+    mass, centre, embedding = summarise(images, reference)
+    assert np.allclose(mass, ink(images), rtol=1e-5, atol=1e-7)
+    assert np.allclose(centre, center_of_mass(images), atol=1e-3)
+    assert np.allclose(embedding, reference.embed(images), atol=1e-3)
+    plain = summarise(images)
+    assert plain[2] is None and np.allclose(plain[1], centre)
+
+
+def test_payload_sampling_keeps_its_rate():
+    from serving.settings import ServeSettings
+    from serving.watch import Watch
+
+    watch = Watch(ServeSettings(payload_sample=0.25, payload_max_per_hour=10**6), None,
+                  lambda: None)
+    kept = total = 0
+    for size in [1, 3, 7, 64] * 60:
+        chosen = watch._sample(size)
+        if chosen is not None:
+            assert len(set(chosen.tolist())) == len(chosen) and chosen.max() < size
+            kept += len(chosen)
+        total += size
+    # Binomial(4500, 0.25): mean 1125, standard deviation 29; six of them either side.
+    assert abs(kept - total * 0.25) < 6 * np.sqrt(total * 0.25 * 0.75)
