@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,6 +110,43 @@ def judge(model, reference, images: np.ndarray, window: int, *, alpha: float,
             for i, part in enumerate(stream.split(window))]
 
 
+def observe_cost(model, reference, images: np.ndarray, model_dir: Path) -> dict[str, dict]:
+    """The request path's cost of recording, in process: median microseconds of
+    ``Watch.observe`` (1 % payload sample) per request, beside the model's own
+    ``predict_proba`` on the same batch (the HTTP server adds more per request)."""
+    import os
+
+    from serving.metrics import Metrics
+    from serving.model import LoadedModel
+    from serving.settings import ServeSettings
+    from serving.watch import Watch
+
+    watch = Watch(ServeSettings(payload_sample=0.01), Metrics(), lambda: None)
+    watch._thread_pid = os.getpid()  # no background thread: the request path alone
+    loaded = LoadedModel("bench", model.kind, model, {}, "", 0.0, model_dir, reference)
+
+    def median_us(call, repeats: int = 400) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times) * 1e6)
+
+    out = {}
+    for batch in (1, 64):
+        part = images[:batch]
+        proba = model.predict_proba(part)
+        observe = median_us(lambda part=part, proba=proba: watch.observe(loaded, part, proba))
+        predict = median_us(lambda part=part: model.predict_proba(part))
+        watch._tallies.clear()
+        watch._pending.clear()
+        out[str(batch)] = {"observe_us": observe, "predict_us": predict}
+        print(f"recording cost, batch {batch}: {observe:.0f} us per request vs predict_proba "
+              f"{predict:.0f} us ({observe / predict:.1%})", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer windows (a smoke run)")
@@ -129,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: xgboost on {len(dataset.y_train)} digits, validation accuracy "
           f"{info['validation_accuracy']:.4f}; window {args.window} images; alpha "
           f"{args.alpha} (Bonferroni over 4 tests)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cost = observe_cost(model, reference, x_test, Path(tmp))
     rng = np.random.default_rng(1)
     used = {d.tobytes() for d in dataset.x_train} | {d.tobytes() for d in dataset.x_validation}
     unseen = np.array([i for i in range(len(x_pool)) if x_pool[i].tobytes() not in used])
@@ -139,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = median_bandwidth(reference.embedding[np.random.default_rng(0).permutation(
         len(reference.embedding))[:500]])
     common = {"alpha": args.alpha, "permutations": args.permutations, "bandwidth": bandwidth}
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {"recording_cost": cost}
     for name, images in streams.items():
         images = images[:limit * 2] if limit else images
         verdicts = judge(model, reference, images, args.window, seed=0, **common)
