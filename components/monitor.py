@@ -335,17 +335,20 @@ def assess(windows: list[Window], reference: Reference, feedback: dict[str, Any]
 
 def _advise(verdict: dict[str, Any], min_feedback: int, min_accuracy: float,
             note: str = "") -> dict[str, Any]:
+    """``retrain`` and its ``reason``: drift with feedback to learn from, or live accuracy
+    on corrected digits below the floor (each needs ``min_feedback`` of them)."""
     count, accuracy = verdict["feedback_count"], verdict["feedback_accuracy"]
     enough = count >= min_feedback
+    drift = f"drift in {', '.join(verdict['drifted'])}" if verdict["drift"] else ""
     if enough and accuracy is not None and accuracy < min_accuracy:
-        retrain, reason = True, (f"live accuracy {accuracy:.1%} on {count} corrected digits "
-                                 f"is below {min_accuracy:.0%}")
-    elif verdict["drift"] and enough:
-        retrain, reason = True, (f"drift in {', '.join(verdict['drifted'])} and {count} "
-                                 "corrected digits to train on")
-    elif verdict["drift"]:
-        retrain, reason = False, (f"drift in {', '.join(verdict['drifted'])}, but only {count} "
-                                  f"corrected digits (need {min_feedback}): label more first")
+        retrain = True
+        reason = (f"live accuracy {accuracy:.1%} on {count} corrected digits is below "
+                  f"{min_accuracy:.0%}" + (f", and {drift}" if drift else ""))
+    elif drift and enough:
+        retrain, reason = True, f"{drift} and {count} corrected digits to train on"
+    elif drift:
+        retrain, reason = False, (f"{drift}, but only {count} corrected digits (need "
+                                  f"{min_feedback}): label more first")
     else:
         retrain, reason = False, note or "no drift"
     verdict.update(retrain=retrain, reason=reason)
