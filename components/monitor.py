@@ -242,14 +242,29 @@ def production_reference(registry: Any, version: str | None = None
 
 
 def feedback_summary(registry: Any, version: str, since: datetime | None) -> dict[str, Any]:
-    """Live accuracy on the corrected digits users sent about ``version`` since ``since``."""
-    from components.feedback import load_feedback
+    """Live accuracy on the corrected digits users sent about ``version`` since ``since``.
 
-    cutoff = None if since is None else since.isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-    items = [item for item in load_feedback(registry)
-             if item.model_version == version and item.predicted is not None
-             and (cutoff is None or item.received_at >= cutoff)]
+    Feedback keys start with their UTC arrival stamp (``feedback/<stamp>-…``), so only
+    the items of the period are read, however much older feedback the bucket holds.
+    """
+    from components.feedback import PREFIX, FeedbackItem
+
+    cutoff = None if since is None else f"{PREFIX}/{_stamp(since)}"
+    items = []
+    for obj in registry.client.list_objects(registry.bucket, prefix=f"{PREFIX}/"):
+        name = obj.object_name
+        if obj.is_dir or not name.endswith(".json") or (cutoff and name < cutoff):
+            continue
+        raw = registry.read(name)
+        if not raw:  # deleted between listing and reading
+            continue
+        try:
+            item = FeedbackItem.from_stored(json.loads(raw), legacy_key=b"")
+        except (ValueError, TypeError) as error:
+            log.warning("skipping feedback %s: %s", name, error)
+            continue
+        if item.model_version == version and item.predicted is not None:
+            items.append(item)
     correct = sum(item.predicted == item.label for item in items)
     return {"count": len(items),
             "accuracy": correct / len(items) if items else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -130,6 +131,9 @@ def test_feedback_disagreement_alone_advises_retraining(s3_server, make_registry
         store.add(FeedbackItem.create(unseen[i], 3, predicted=3 if i % 2 else 5,
                                       model_version=version))
     store.add(FeedbackItem.create(unseen[0], 3, predicted=5, model_version="another-version"))
+    long_ago = datetime.now(timezone.utc) - timedelta(days=3)  # before --since (24 h)
+    store.add(FeedbackItem.create(unseen[1], 3, predicted=5, model_version=version,
+                                  now=long_ago))
     _, verdict = judged(s3_server, registry, tmp_path, min_feedback=6, min_accuracy=0.9)
     assert verdict["feedback_count"] == 6 and verdict["feedback_accuracy"] == 0.5
     assert verdict["retrain"] is True and "live accuracy 50.0%" in verdict["reason"]
