@@ -121,6 +121,7 @@ def observe_cost(model, reference, images: np.ndarray, model_dir: Path) -> dict[
     from serving.settings import ServeSettings
     from serving.watch import Watch
 
+    model.set_threads(1)  # as the server runs it (DIGITS_PREDICT_THREADS)
     watch = Watch(ServeSettings(payload_sample=0.01), Metrics(), lambda: None)
     watch._thread_pid = os.getpid()  # no background thread: the request path alone
     loaded = LoadedModel("bench", model.kind, model, {}, "", 0.0, model_dir, reference)
