@@ -297,6 +297,11 @@ def assess(windows: list[Window], reference: Reference, feedback: dict[str, Any]
            min_feedback: int = MIN_FEEDBACK, min_accuracy: float = MIN_ACCURACY,
            seed: int = 0) -> dict[str, Any]:
     """The verdict on the recent windows: JSON-ready, with a per-window timeline."""
+    if 1 / (permutations + 1) >= alpha / len(TESTS):
+        raise MonitorError(
+            f"{permutations} permutations cannot give a p-value below alpha/{len(TESTS)} = "
+            f"{alpha / len(TESTS):g}: the embedding test could never find drift; use at least "
+            f"{int(len(TESTS) / alpha)}")
     verdict: dict[str, Any] = {
         "version": version, "timestamp": time.time(), "alpha": alpha,
         "threshold": alpha / len(TESTS), "window_size": window_size,

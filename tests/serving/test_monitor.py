@@ -33,7 +33,8 @@ from tests.serving.helpers import make_app, operator_registry, v2_body
 
 #: Small windows keep the test cheap; the bench measures the real sizes.
 WINDOW = 60
-PERMUTATIONS = 199
+#: Enough for the embedding test alone to reach alpha/4 = 0.0025 (1/500 = 0.002).
+PERMUTATIONS = 499
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,15 @@ def test_clean_traffic_raises_no_alarm(s3_server, make_registry, referenced, uns
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
-@pytest.mark.parametrize("kind", ["inverted", "thick-stroke", "rotated"])
+@pytest.mark.parametrize("kind", ["inverted", "thick-stroke", "rotated", "scaled-as-integers",
+                                  "printed"])
 def test_drifted_traffic_is_caught_from_its_first_window(kind, s3_server, make_registry,
                                                          referenced, unseen, tmp_path):
-    from bench.watch import inverted, rotated, thick
+    from bench.watch import inverted, printed, rotated, thick, unit_scaled
 
-    transform = {"inverted": inverted, "thick-stroke": thick, "rotated": rotated}[kind]
+    transform = {"inverted": inverted, "thick-stroke": thick, "rotated": rotated,
+                 "scaled-as-integers": unit_scaled,
+                 "printed": lambda images: printed(len(images))[0]}[kind]
     registry = make_registry()
     registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
     clean, drifted = unseen[:120], transform(unseen[120:240])
@@ -157,7 +161,7 @@ def test_the_command(s3_server, make_registry, referenced, trained, unseen, tmp_
     assert "only 0 sampled images" in verdict["reason"]
     assert registry.read(VERDICT_KEY) is None, "--no-record writes nothing"
     serve_stream(s3_server, registry, unseen[:240])
-    assert main(["--window", str(WINDOW), "--permutations", "99", "--report",
+    assert main(["--window", str(WINDOW), "--permutations", "499", "--report",
                  str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     assert "no drift on 240 sampled images" in out and "embedding" in out
@@ -194,6 +198,17 @@ def test_the_statistics_themselves(referenced):
     typical = rng.choice(10, size=300, p=priors)
     assert class_priors_test(typical, reference).p_value > 0.01
     assert class_priors_test(np.full(300, 1), reference).p_value < 1e-6
+
+
+def test_too_few_permutations_to_ever_find_drift_are_refused(referenced, unseen):
+    from components.monitor import MonitorError, assess
+
+    window = Window("v", unseen[:60], np.zeros(60, int), np.ones(60, np.float32),
+                    np.arange(60.0))
+    feedback = {"count": 0, "accuracy": None}
+    with pytest.raises(MonitorError, match="at least 400"):
+        assess([window], Reference.load(referenced), feedback, version="v", permutations=199,
+               window_size=60)
 
 
 @pytest.mark.slow
@@ -260,7 +275,7 @@ def test_trigger_starts_exactly_one_local_run_then_cools_down(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     flags = ["--trigger", "--json", "--min-feedback", "5", "--window", str(WINDOW),
-             "--permutations", "99", "--report", str(tmp_path / "report.html"),
+             "--permutations", "499", "--report", str(tmp_path / "report.html"),
              "--models", "baseline", "--arg", "train_size=1000", "--arg", "min_accuracy=0.5"]
     assert main(flags) == 0
     verdict = json.loads(capsys.readouterr().out)
@@ -305,7 +320,7 @@ def test_a_run_that_cannot_start_does_not_hold_the_cooldown(
         monkeypatch.setenv(key, value)
     with pytest.raises(DataError, match="--kaggle nope"):  # the local run refuses at once
         main(["--trigger", "--min-feedback", "1", "--window", str(WINDOW), "--permutations",
-              "99", "--report", str(tmp_path / "r.html"), "--arg", "kaggle_mode=nope"])
+              "499", "--report", str(tmp_path / "r.html"), "--arg", "kaggle_mode=nope"])
     operator = operator_registry(s3_server, registry.bucket)
     assert operator.read(TRIGGER_KEY) is None, "no cooldown after a run that never started"
     [failed] = list(operator.client.list_objects(registry.bucket, prefix=f"{TRIGGERS}/"))
