@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte.gz),)
 export DIGITS_MNIST_DIR ?= $(SHARED_MNIST)
 endif
 
-.PHONY: setup lock run quick test lint pipeline policy policy-setup images serve bench readme-figures study study-readme clean
+.PHONY: setup lock run quick test lint pipeline grpc-stubs policy policy-setup images serve bench readme-figures study study-readme clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,9 @@ lint: setup
 
 pipeline: setup  ## recompile pipelines/digits_pipeline.yaml after changing the wiring
 	$(BIN)/digits compile
+
+grpc-stubs: setup  ## regenerate serving/oip/inference_pb2*.py from inference.proto (grpcio-tools, dev lock); commit them
+	$(BIN)/python -m serving.oip
 
 # checkov has pins of its own (they would pull pytest back), so it gets its own venv,
 # installed from its own hash-checked lock; CI provisions it for the policy tests.

@@ -1,4 +1,5 @@
-"""A small closed-loop HTTP/1.1 load generator (asyncio on raw non-blocking sockets).
+"""A small closed-loop HTTP/1.1 load generator (asyncio on raw non-blocking sockets),
+and its gRPC counterpart (:func:`run_grpc`).
 
 Closed loop: ``concurrency`` connections each send a request, wait for the
 answer, and send the next, for a fixed time (and at most a fixed count),
@@ -156,6 +157,77 @@ def run(port: int, requests: list[bytes], *, concurrency: int, duration: float =
     """
     return asyncio.run(_run(port, requests, concurrency, duration, warmup, max_requests,
                             keep_bodies))
+
+
+# --------------------------------------------------------------------------- gRPC
+
+#: The Open Inference Protocol's inference call, as gRPC names it.
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+#: gRPC status codes → the HTTP status the same refusal gets, for :attr:`Result.statuses`.
+_GRPC_STATUS = {"OK": 200, "INVALID_ARGUMENT": 400, "NOT_FOUND": 404,
+                "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503}
+
+
+async def _grpc_client(target: str, requests: list[bytes], offset: int, start: float,
+                       stop: float, max_requests: int, result: Result,
+                       keep_bodies: bool) -> None:
+    import grpc
+
+    # A connection of its own per client, as the HTTP clients have: channels with the
+    # same target and options would otherwise share one (and so reach one worker).
+    async with grpc.aio.insecure_channel(
+            target, options=[("grpc.use_local_subchannel_pool", 1),
+                             ("grpc.max_receive_message_length", -1),
+                             ("grpc.max_send_message_length", -1)]) as channel:
+        await channel.channel_ready()
+        # No serializers: the requests are serialized once, up front; answers stay bytes.
+        infer = channel.unary_unary(GRPC_INFER)
+        index = offset
+        while time.perf_counter() < stop and result.count + result.errors < max_requests:
+            request = requests[index % len(requests)]
+            index += 1
+            sent = time.perf_counter()
+            body = b""
+            try:
+                body = await infer(request)
+                status = 200
+            except grpc.aio.AioRpcError as error:
+                status = _GRPC_STATUS.get(error.code().name, 0)
+            done = time.perf_counter()
+            if sent < start:
+                continue
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status:
+                result.answered.append(done - sent)
+            if status == 200:
+                result.latencies.append(done - sent)
+                if keep_bodies:
+                    result.bodies.append(body)
+            else:
+                result.errors += 1
+
+
+async def _run_grpc(port: int, requests: list[bytes], concurrency: int, duration: float,
+                    warmup: float, max_requests: int, keep_bodies: bool) -> Result:
+    result = Result()
+    begin = time.perf_counter()
+    start, stop = begin + warmup, begin + warmup + duration
+    target = f"{LOCALHOST}:{port}"
+    await asyncio.gather(*(
+        _grpc_client(target, requests, i * 7, start, stop, max_requests, result, keep_bodies)
+        for i in range(concurrency)))
+    result.elapsed = min(time.perf_counter(), stop) - start
+    return result
+
+
+def run_grpc(port: int, requests: list[bytes], *, concurrency: int, duration: float = 3.0,
+             warmup: float = 0.5, max_requests: int = 200_000,
+             keep_bodies: bool = False) -> Result:
+    """:func:`run` over gRPC: ``concurrency`` clients, each on a connection of its own,
+    call ``ModelInfer`` on ``127.0.0.1:port`` with pre-serialized ``ModelInferRequest``
+    bytes (grpc.aio, closed loop); refusals are counted under their HTTP status."""
+    return asyncio.run(_run_grpc(port, requests, concurrency, duration, warmup, max_requests,
+                                 keep_bodies))
 
 
 # --------------------------------------------------------------------------- hostile clients

@@ -1,7 +1,7 @@
 """Serving benchmark: our server vs MLServer vs in-process predict, one XGBoost model.
 
     python bench/serving.py [--duration 3] [--concurrency 1,8,32] [--batches 1,64]
-                            [--no-mlserver] [--json results.json]
+                            [--no-mlserver] [--no-grpc] [--json results.json]
 
 What it does, in one run (about 2-3 minutes on 2 cores; the first run also
 trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
@@ -16,8 +16,9 @@ trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
    probabilities for the same digits;
 5. measures requests/s and p50/p99 latency for single images and 64-image
    batches at several concurrency levels (closed loop, keep-alive, 127.0.0.1
-   only), plus the in-process ``predict_proba`` limit, and prints a table and
-   the ratios;
+   only), over HTTP (JSON, and binary for 64-image batches) and over our gRPC
+   port (``ModelInfer`` with ``raw_input_contents``, one connection per client),
+   plus the in-process ``predict_proba`` limit, and prints a table and the ratios;
 6. measures what a well-behaved client gets while slow clients (trickling
    headers or a body a byte every 2 s, or idle) hold 3 and 24 connections,
    against both servers.
@@ -65,7 +66,7 @@ for _path in (BENCH, ROOT):  # ROOT first: ``serving`` is the package, not this 
 
 import loadgen  # noqa: E402
 
-from components.data import load_mnist  # noqa: E402
+from components.datafiles import load_mnist  # noqa: E402
 from components.models import create_model, load_model  # noqa: E402
 from components.watch import REFERENCE_FILE  # noqa: E402
 
@@ -160,10 +161,10 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
 
 
 @contextlib.contextmanager
-def our_server(model_dir: Path, workdir: Path, name: str = "digits",
+def our_server(model_dir: Path, workdir: Path, grpc_port: int = 0, name: str = "digits",
                **settings: str) -> Iterator[int]:
-    """Registry (embedded S3) + ``digits serve`` (``settings``: extra ``DIGITS_*``
-    variables); yields the port."""
+    """Registry (embedded S3) + ``digits serve`` (gRPC on ``grpc_port``, 0: none;
+    ``settings``: extra ``DIGITS_*`` variables); yields the HTTP port."""
     from minio import Minio
 
     from components.registry import Registry
@@ -178,7 +179,8 @@ def our_server(model_dir: Path, workdir: Path, name: str = "digits",
         env = {**os.environ, **s3.environ(), "DIGITS_BUCKET": "bench",
                "DIGITS_MODEL_NAME": MODEL_NAME, "DIGITS_POLL_INTERVAL_S": "30",
                "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / "home"),
-               "DIGITS_METRICS_PORT": str(free_port()), **settings}
+               "DIGITS_METRICS_PORT": str(free_port()), "DIGITS_GRPC_PORT": str(grpc_port),
+               **settings}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with (workdir / f"{name}-serve.log").open("wb") as out:
             process = subprocess.Popen(
@@ -277,6 +279,36 @@ def mlserver_body(images: np.ndarray) -> bytes:
         "outputs": [{"name": "predict_proba"}]}, separators=(",", ":")).encode()
 
 
+def our_grpc_request(images: np.ndarray) -> bytes:
+    """A serialized ``ModelInferRequest``: the images as ``raw_input_contents``, as
+    ``tritonclient.grpc`` sends them (this process uses our stubs, never Triton's)."""
+    from serving.oip import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL_NAME,
+                                   raw_input_contents=[images.tobytes()])
+    request.inputs.add(name="images", datatype="UINT8", shape=[len(images), 784])
+    request.outputs.add(name="probabilities")
+    return request.SerializeToString()
+
+
+def grpc_pool(images: np.ndarray, batch: int, count: int = 32) -> list[bytes]:
+    return [our_grpc_request(images[i * batch:(i + 1) * batch]) for i in range(count)]
+
+
+def grpc_probabilities(port: int, images: np.ndarray) -> np.ndarray:
+    """Our gRPC port's answer for ``images``, for the same-answers check."""
+    import grpc
+
+    from serving.oip import inference_pb2 as pb
+
+    with grpc.insecure_channel(f"{loadgen.LOCALHOST}:{port}") as channel:
+        raw = channel.unary_unary(loadgen.GRPC_INFER)(our_grpc_request(images), timeout=30)
+    answer = pb.ModelInferResponse.FromString(raw)
+    [output] = answer.outputs
+    return np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(
+        list(output.shape)).astype(np.float64)
+
+
 def request_pool(images: np.ndarray, batch: int, make_body, port: int, count: int = 32
                  ) -> list[bytes]:
     path = f"/v2/models/{MODEL_NAME}/infer"
@@ -326,9 +358,10 @@ def with_reference(model, directory: Path, x_train, y_train) -> None:
 
 
 def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: int,
-            duration: float) -> dict:
-    result = loadgen.run(port, pool, concurrency=concurrency, duration=duration,
-                         warmup=min(1.0, duration / 4))
+            duration: float, *, grpc: bool = False) -> dict:
+    run = loadgen.run_grpc if grpc else loadgen.run
+    result = run(port, pool, concurrency=concurrency, duration=duration,
+                 warmup=min(1.0, duration / 4))
     row = {"server": server, "batch": batch, "concurrency": concurrency, "rps": result.rps,
            "p50_ms": 1000 * result.percentile(50), "p99_ms": 1000 * result.percentile(99),
            "errors": result.errors, "requests": result.count}
@@ -344,19 +377,21 @@ def markdown(rows: list[dict]) -> str:
             and not r.get("overload")}
     theirs = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "mlserver"}
     binary = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits-bin"}
+    grpc = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits-grpc"}
     limit = {r["batch"]: r for r in rows if r["server"] == "in-process"}
     lines = ["| batch, concurrency | digits req/s | MLServer req/s | throughput | "
              "digits p99 ms | MLServer p99 ms | p99, MLServer ÷ digits | binary req/s | "
-             "share of in-process limit |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "gRPC req/s | gRPC p99 ms | share of in-process limit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in sorted(ours):
-        a, b, c = ours[key], theirs.get(key), binary.get(key)
+        a, b, c, d = ours[key], theirs.get(key), binary.get(key), grpc.get(key)
         lines.append(
             f"| {key[0]}, {key[1]} | {a['rps']:,.0f} | "
             + (f"{b['rps']:,.0f} | {a['rps'] / b['rps']:.2f}× | " if b else "– | – | ")
             + f"{a['p99_ms']:.2f} | "
             + (f"{b['p99_ms']:.2f} | {b['p99_ms'] / a['p99_ms']:.2f}× | " if b else "– | – | ")
             + (f"{c['rps']:,.0f} | " if c else "– | ")
+            + (f"{d['rps']:,.0f} | {d['p99_ms']:.2f} | " if d else "– | – | ")
             + (f"{a['rps'] / limit[key[0]]['rps']:.2f}× |" if key[0] in limit else "– |"))
     for row in rows:
         if row.get("overload"):
@@ -378,12 +413,12 @@ def print_table(rows: list[dict], accuracy: float) -> None:
           f"at once ({config.threads} threads); MLServer "
           f"parallel_workers={os.environ.get('BENCH_MLSERVER_PARALLEL_WORKERS', '0')}, "
           "OMP_NUM_THREADS=1; closed-loop clients on 127.0.0.1\n")
-    header = (f"{'server':<11}{'batch':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
+    header = (f"{'server':<12}{'batch':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
               f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['server']:<11}{row['batch']:>6}{row['concurrency']:>6}{row['rps']:>10.1f}"
+        print(f"{row['server']:<12}{row['batch']:>6}{row['concurrency']:>6}{row['rps']:>10.1f}"
               f"{row['rps'] * row['batch']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
               f"{row['errors']:>8}")
     ours = {(r["batch"], r["concurrency"]): r for r in rows if r["server"] == "digits"}
@@ -469,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated concurrency levels (default 1,8,32)")
     parser.add_argument("--batches", default="1,64", help="images per request (default 1,64)")
     parser.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
+    parser.add_argument("--no-grpc", action="store_true", help="skip our gRPC rows")
     parser.add_argument("--overload", type=int, default=OVERLOAD_CONCURRENCY,
                         help="connections for the overload row, far above what the "
                              f"workers answer at once (default {OVERLOAD_CONCURRENCY}; 0: skip)")
@@ -491,15 +527,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = [in_process(model_dir, images, batch, min(args.duration, 2.0)) for batch in batches]
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-bench-")))
-        ours = stack.enter_context(our_server(model_dir, workdir))
+        grpc_port = 0 if args.no_grpc else free_port()
+        ours = stack.enter_context(our_server(model_dir, workdir, grpc_port))
         theirs = stack.enter_context(mlserver(model_dir, workdir, venv)) if venv else None
-        unwatched = (stack.enter_context(our_server(model_dir, workdir, "nowatch",
+        unwatched = (stack.enter_context(our_server(model_dir, workdir, name="nowatch",
                                                     DIGITS_WATCH="false"))
                      if args.watch_cost else None)
 
         reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
         ours_p = probabilities(ours, our_body(images[:64]))
         log(f"same answers: digits vs in-process max |diff| {np.abs(ours_p - reference).max():.2e}")
+        if grpc_port:
+            grpc_p = grpc_probabilities(grpc_port, images[:64])
+            log(f"same answers: digits gRPC vs in-process max |diff| "
+                f"{np.abs(grpc_p - reference).max():.2e}")
         if theirs:
             theirs_p = probabilities(theirs, mlserver_body(images[:64]))
             log(f"same answers: MLServer vs in-process max |diff| "
@@ -513,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in batches:
                     loadgen.run(port, request_pool(images, batch, body, port), concurrency=4,
                                 duration=WARM_UP_S, warmup=0)
+        if grpc_port:
+            for batch in batches:
+                loadgen.run_grpc(grpc_port, grpc_pool(images, batch), concurrency=4,
+                                 duration=WARM_UP_S, warmup=0)
         for batch in batches:
             our_pool = request_pool(images, batch, our_body, ours)
             their_pool = request_pool(images, batch, mlserver_body, theirs) if theirs else None
@@ -532,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
                                    for i in range(32)]
                     rows.append(measure("digits-bin", ours, binary_pool, batch, concurrency,
                                         args.duration))
+                if grpc_port:
+                    rows.append(measure("digits-grpc", grpc_port, grpc_pool(images, batch),
+                                        batch, concurrency, args.duration, grpc=True))
         if args.overload:
             overload = measure_overload(ours, request_pool(images, 1, our_body, ours),
                                         args.overload, args.duration)

@@ -20,14 +20,17 @@ STAGES = {
     "gate": "components.gate",
     "deploy": "components.deploy",
     "report": "components.report",
-    "kaggle": "components.kaggle",
+    "kaggle": "components.kaggle.cli",
     "feedback": "components.feedback",
+    "tune": "components.tune",
     "monitor": "components.monitor",
 }
 STAGE_HELP = {
     "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
     "kaggle": "predict Kaggle's test.csv and submit ImageId,Label (digits kaggle run ...)",
     "feedback": "list or purge the digits users labelled (digits feedback list|purge)",
+    "tune": "search a family's settings on train/validation; write a params file for "
+            "digits run --params (digits tune --family xgboost --budget 5)",
     "monitor": "judge production's recent inputs against its training reference: drift, "
                "feedback accuracy, whether to retrain (--json, an HTML report)",
 }
@@ -45,7 +48,7 @@ def _models(value: str) -> list[str]:
 
 
 def _add_run(sub) -> None:
-    from components.kaggle import MODES
+    from components.kaggle.job import MODES
     from pipelines.local import LOCAL_KAGGLE_MODE, QUICK_ARGUMENTS, RUNNERS
     from pipelines.training import pipeline_defaults
 
@@ -72,6 +75,9 @@ def _add_run(sub) -> None:
     p.add_argument("--train-size", type=positive_int,
                    help="training digits, a stratified subsample (default: all"
                    + (f"; --quick: {QUICK_ARGUMENTS['train_size']})"))
+    p.add_argument("--params", type=Path, action="append", default=[], metavar="FILE",
+                   help="a family's settings from `digits tune` (params.json), one file per "
+                   "family; they override --quick, and explicit flags override them")
     p.add_argument("--epochs", type=positive_int, help="CNN epochs" + default("epochs"))
     p.add_argument("--xgb-rounds", type=positive_int,
                    help="XGBoost boosting rounds" + default("xgb_rounds"))
@@ -101,11 +107,41 @@ def _add_run(sub) -> None:
                    help="stream every task's full output (always kept in the run's logs/)")
 
 
-def _run(args) -> int:
-    from pipelines.local import QUICK_ARGUMENTS, format_summary, run_pipeline
+def params_arguments(files: list[Path], models: list[str]) -> dict[str, object]:
+    """``--params`` files → pipeline arguments; a file for a family not trained, or a
+    second file for the same family, is refused rather than silently ignored."""
+    from components.tune import read_params
+    from pipelines.training import family_arguments
+
+    arguments: dict[str, object] = {}
+    seen: dict[str, Path] = {}
+    for path in files:
+        family, params = read_params(path)
+        if family in seen:
+            raise ValueError(f"--params {path}: {family} settings already come from {seen[family]}")
+        if family not in models:
+            raise ValueError(f"--params {path}: this run does not train {family} "
+                             f"(--models {','.join(models)})")
+        seen[family] = path
+        try:
+            arguments.update(family_arguments(family, params))
+        except ValueError as error:
+            raise ValueError(f"--params {path}: {error}") from None
+    return arguments
+
+
+def run_arguments(args) -> tuple[dict[str, object], list[str]]:
+    """``digits run``'s flags → the pipeline's arguments and the families to train.
+
+    Precedence, lowest first: the pipeline's defaults, ``--quick``, ``--params``
+    files, then every flag given explicitly.
+    """
+    from pipelines.local import QUICK_ARGUMENTS
     from pipelines.training import MODEL_FAMILIES
 
+    models = list(args.models or MODEL_FAMILIES)
     arguments = dict(QUICK_ARGUMENTS) if args.quick else {}
+    arguments.update(params_arguments(args.params, models))
     explicit = {
         "source": args.source, "seed": args.seed,
         "mnist_dir": str(args.mnist_dir.resolve()) if args.mnist_dir else None,
@@ -118,8 +154,14 @@ def _run(args) -> int:
         "kaggle_test_csv": str(args.kaggle_test.resolve()) if args.kaggle_test else None,
     }
     arguments.update({k: v for k, v in explicit.items() if v is not None})
-    summary = run_pipeline(arguments, args.models or MODEL_FAMILIES, verbose=args.verbose,
-                           runner=args.runner)
+    return arguments, models
+
+
+def _run(args) -> int:
+    from pipelines.local import format_summary, run_pipeline
+
+    arguments, models = run_arguments(args)
+    summary = run_pipeline(arguments, models, verbose=args.verbose, runner=args.runner)
     print(json.dumps(summary) if args.json else format_summary(summary))
     return 0
 
@@ -251,7 +293,7 @@ def _run_stage(name: str, argv: list[str]) -> int:
     import importlib
 
     from components.contract import StageError
-    from components.data import DataError
+    from components.datafiles import DataError
     from components.registry import RegistryError
 
     try:
@@ -282,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except Exception as error:  # one clear line for users; tracebacks are for bugs
-        from components.data import DataError
+        from components.datafiles import DataError
         from components.registry import RegistryError
         from pipelines.local import RunFailed
 

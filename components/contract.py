@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from components.metrics import compute_metrics, validate_predictions
-
 # --- names ----------------------------------------------------------------------------
 #: A dataset directory's description: source, checksums, sizes, seed (ingest writes it).
 MANIFEST_FILE = "manifest.json"
@@ -35,6 +33,8 @@ CHAMPION_DIR = "champion"
 #: Inside a registered version: the gate's decision directory, and the run's report.
 GATE_DIR = "gate"
 REPORT_FILE = "report.html"
+#: A registered version's description: files and their sha256, gate, lineage (deploy writes it).
+METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
 
 PROMOTE = "promote"
@@ -91,6 +91,10 @@ class ModelEvaluation:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Imported here: the registry and the server read this module's names, and
+        # must not pull scikit-learn in with them.
+        from components.metrics import compute_metrics, validate_predictions
+
         try:
             self.y_true, self.proba = validate_predictions(self.y_true, self.proba)
         except ValueError as error:

@@ -129,6 +129,17 @@ def run_deploy(challenger_dir: Path, decision_dir: Path, dataset_dir: Path,
         return deploy(registry, version_dir, decision, manifest, run_id)
 
 
+def run_for_kfp(challenger_path: str, decision_path: str, dataset_path: str, report_path: str,
+                *, expect: str, run_id: str) -> str:
+    """What the deploy component does: promote or archive; the outcome as JSON for later steps."""
+    from components.progress import headline
+
+    outcome = run_deploy(Path(challenger_path), Path(decision_path), Path(dataset_path),
+                         Path(report_path), expect=expect, run_id=run_id)
+    headline(f"{outcome['status']} {outcome['version']}")
+    return json.dumps(outcome)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits deploy", __doc__)
     p.add_argument("--challenger", type=Path, required=True, help="model directory from the gate")

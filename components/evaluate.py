@@ -23,6 +23,21 @@ def run_evaluate(dataset_dir: Path, model_dir: Path, output: Path) -> ModelEvalu
     return evaluation
 
 
+def run_for_kfp(dataset_path: str, model_path: str, evaluation_artifact, metrics_artifact,
+                classification_artifact) -> None:
+    """What the evaluate component does: score, then feed the KFP dashboard's metrics views."""
+    from components.metrics import kfp_classification_inputs, summary_scalars
+    from components.progress import headline
+
+    scored = run_evaluate(Path(dataset_path), Path(model_path), Path(evaluation_artifact.path))
+    headline(f"holdout accuracy {scored.metrics['accuracy']:.4f}")
+    for name, value in summary_scalars(scored.metrics).items():
+        metrics_artifact.log_metric(name, value)
+    curves = kfp_classification_inputs(scored.y_true, scored.proba)
+    classification_artifact.log_confusion_matrix(curves["categories"], curves["confusion_matrix"])
+    classification_artifact.log_roc_curve(curves["fpr"], curves["tpr"], curves["thresholds"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits evaluate", __doc__)
     p.add_argument("--dataset", type=Path, required=True)

@@ -41,6 +41,8 @@ from components.stem import NUM_CLASSES, NUM_PIXELS, as_images
 PREFIX = "feedback"
 #: The largest share of the training set feedback may take, by default.
 DEFAULT_CAP = 0.1
+#: Whether a training run reads the users' feedback: on, wherever a run starts from.
+USE_FEEDBACK = True
 #: Where an item came from: the drawing page, or an API client (authenticated when the
 #: server has a DIGITS_FEEDBACK_TOKEN).
 SOURCES = ("page", "api")

@@ -226,6 +226,27 @@ def run_gate(dataset_dir: Path, candidates: dict[str, Path], evaluations: dict[s
     return decision
 
 
+def run_for_kfp(dataset_path: str, models: dict[str, Any], evaluations: dict[str, Any],
+                challenger_artifact, decision_artifact, policy: GatePolicy) -> tuple[str, str]:
+    """What the gate component does: judge the families that ran; label the artifacts.
+
+    ``models`` and ``evaluations`` map each family to its KFP input, ``None``
+    where the family was not trained this run. Returns (decision, challenger kind).
+    """
+    from components.progress import headline
+
+    present = [kind for kind in models
+               if models[kind] is not None and evaluations.get(kind) is not None]
+    result = run_gate(Path(dataset_path), {kind: Path(models[kind].path) for kind in present},
+                      {kind: Path(evaluations[kind].path) for kind in present},
+                      Path(challenger_artifact.path), Path(decision_artifact.path), policy)
+    kind = result.challenger_kind
+    challenger_artifact.metadata.update(kind=kind, decision=result.decision)
+    decision_artifact.metadata.update(decision=result.decision, reason=result.reason)
+    headline(f"{result.decision} {kind}")
+    return result.decision, kind
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("digits gate", __doc__)
     p.add_argument("--dataset", type=Path, required=True)

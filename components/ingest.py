@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from components.argparsing import fraction, make_parser, positive_int
-from components.data import DataError, Dataset, add_feedback, ingest
-from components.feedback import DEFAULT_CAP, load_feedback
+from components.data import Dataset, add_feedback, ingest
+from components.errors import report
+from components.feedback import DEFAULT_CAP, USE_FEEDBACK, load_feedback
 from components.registry import open_registry
 
 
@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, help="stratified, seeded subsample of training")
     p.add_argument("--holdout-size", type=int, help="keep only the first N holdout digits")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feedback", action="store_true",
+    p.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=USE_FEEDBACK,
                    help="merge the users' feedback digits from the registry into training")
     p.add_argument("--feedback-cap", type=fraction, default=DEFAULT_CAP,
                    help="largest share of training feedback may take")
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 def run_ingest(output: Path, source: str = "mnist", *, seed: int = 0,
                mnist_dir: Path | None = None, csv_path: Path | None = None,
                train_size: int | None = None, holdout_size: int | None = None,
-               feedback: bool = False, feedback_cap: float = DEFAULT_CAP,
+               feedback: bool = USE_FEEDBACK, feedback_cap: float = DEFAULT_CAP,
                feedback_weight: int = 1) -> Dataset:
     """The ingest stage: split the source, add the users' feedback if asked, save to ``output``."""
     dataset = ingest(source, seed=seed, mnist_dir=mnist_dir, csv_path=csv_path,
@@ -52,6 +52,26 @@ def run_ingest(output: Path, source: str = "mnist", *, seed: int = 0,
     return dataset
 
 
+def run_for_kfp(dataset_artifact, source: str, *, seed: int, mnist_dir: str, csv_path: str,
+                train_size: int, holdout_size: int, use_feedback: bool, feedback_cap: float,
+                feedback_weight: int) -> None:
+    """What the ingest component does: KFP's "unset" (0, "") becomes None; label the artifact."""
+    from components.progress import headline
+
+    data = run_ingest(Path(dataset_artifact.path), source, seed=seed,
+                      mnist_dir=Path(mnist_dir) if mnist_dir else None,
+                      csv_path=Path(csv_path) if csv_path else None,
+                      train_size=train_size or None, holdout_size=holdout_size or None,
+                      feedback=use_feedback, feedback_cap=feedback_cap,
+                      feedback_weight=feedback_weight)
+    sizes = data.manifest["sizes"]
+    used = data.manifest.get("feedback", {}).get("used", 0)
+    dataset_artifact.metadata.update(source=data.manifest["source"], seed=seed, feedback=used,
+                                     **sizes)
+    headline(" / ".join(f"{count:,} {split}" for split, count in sizes.items())
+             + (f" ({used:,} feedback)" if use_feedback else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -60,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path=args.csv, train_size=args.train_size, holdout_size=args.holdout_size,
             feedback=args.feedback, feedback_cap=args.feedback_cap,
             feedback_weight=args.feedback_weight)
-    except DataError as error:
-        print(f"digits ingest: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # the one policy: a line and an exit code, or a traceback
+        return report("ingest", error)
     print(json.dumps({"sizes": dataset.manifest["sizes"], "source": dataset.manifest["source"],
                       "feedback": dataset.manifest.get("feedback")}))
     return 0

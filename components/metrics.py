@@ -368,6 +368,7 @@ def summary_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         "log_loss": metrics.get("log_loss"),
         "brier": metrics.get("brier"),
         "ece": metrics.get("ece"),
+        "ece_uncalibrated": (metrics.get("uncalibrated") or {}).get("ece"),
         "mcc": metrics.get("mcc"),
         "cohen_kappa": metrics.get("cohen_kappa"),
         "roc_auc_macro": metrics.get("roc_auc_macro"),

@@ -13,17 +13,24 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from components import progress
+from components.calibration import NEUTRAL, apply_temperature, fit_temperature
 from components.contract import MODEL_INFO
 from components.features import feature_rows
 from components.stem import IMAGE_SIDE, NUM_CLASSES, preprocess
 
 log = logging.getLogger(__name__)
+
+#: Called after each epoch or boosting round with its number (from 1) and the validation
+#: figures of that step (``accuracy`` and ``log_loss`` when the framework has them);
+#: returning True ends training there. :mod:`components.tune` prunes poor trials with it.
+StepHook = Callable[[int, dict[str, float]], bool]
 
 
 #: Rows per forward pass when predicting large batches; bounds memory, keeps BLAS busy.
@@ -54,6 +61,14 @@ class DigitModel(ABC):
             raise ValueError(f"{self.kind}: unknown parameters {sorted(unknown)}")
         self.params = {**self.defaults, **params}
         self.history: dict[str, list[float]] = {}
+        #: Fitted after training on the validation split (:meth:`calibrate`), saved
+        #: with the model; a model saved before calibration existed keeps ``NEUTRAL``.
+        self.temperature = NEUTRAL
+        self.on_step: StepHook | None = None
+
+    def _step(self, step: int, figures: dict[str, float]) -> bool:
+        """Hand one step's validation figures to :attr:`on_step`; True means stop here."""
+        return bool(self.on_step and self.on_step(step, figures))
 
     @abstractmethod
     def fit(self, x_train: np.ndarray, y_train: np.ndarray,
@@ -69,15 +84,35 @@ class DigitModel(ABC):
     @abstractmethod
     def _load_weights(self, path: Path) -> None: ...
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks."""
+    def predict_proba(self, images: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities ``float32 [N, 10]``, predicted in bounded chunks.
+
+        Every caller (evaluate, the server, the Kaggle job) gets calibrated
+        probabilities; ``calibrated=False`` is for fitting and reporting the
+        calibration itself.
+        """
         if len(images) <= PREDICT_CHUNK:  # the server's case: no copies
-            return self._predict_proba(images).astype(np.float32, copy=False)
-        parts = [
-            self._predict_proba(images[start:start + PREDICT_CHUNK])
-            for start in range(0, len(images), PREDICT_CHUNK)
-        ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+            proba = self._predict_proba(images).astype(np.float32, copy=False)
+        else:
+            proba = np.concatenate([
+                self._predict_proba(images[start:start + PREDICT_CHUNK])
+                for start in range(0, len(images), PREDICT_CHUNK)
+            ]).astype(np.float32, copy=False)
+        return apply_temperature(proba, self.temperature) if calibrated else proba
+
+    def calibrate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Fit the temperature on held-out digits (the validation split); return its facts.
+
+        Never the holdout: the gate and the report judge calibration there.
+        """
+        from components.metrics import expected_calibration_error
+
+        raw = self.predict_proba(images, calibrated=False)
+        self.temperature = fit_temperature(raw, labels)
+        scaled = apply_temperature(raw, self.temperature)
+        return {"temperature": self.temperature, "fitted_on": len(labels),
+                "validation_ece_before": expected_calibration_error(labels, raw),
+                "validation_ece_after": expected_calibration_error(labels, scaled)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.predict_proba(images).argmax(axis=1)
@@ -98,7 +133,8 @@ class DigitModel(ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory / self.filename)
-        meta = {"kind": self.kind, "params": self.params, "history": self.history, **info}
+        meta = {"kind": self.kind, "params": self.params, "history": self.history,
+                "temperature": self.temperature, **info}
         (directory / MODEL_INFO).write_text(json.dumps(meta, indent=2, default=float))
         return [directory / self.filename, directory / MODEL_INFO]
 
@@ -197,12 +233,18 @@ class CNN(DigitModel):
         import keras
 
         epochs, batch_size = self.params["epochs"], self.params["batch_size"]
+        step = self._step
 
         class EpochProgress(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                accuracy = (logs or {}).get("val_accuracy")
+                logs = logs or {}
+                accuracy = logs.get("val_accuracy")
                 detail = "" if accuracy is None else f"val_accuracy={accuracy:.4f}"
                 progress.progress("epoch", epoch + 1, epochs, detail)
+                # val_loss is the smoothed-label loss training minimises, not the log-loss.
+                figures = {"accuracy": accuracy} if accuracy is not None else {}
+                if step(epoch + 1, figures):
+                    self.model.stop_training = True
 
         keras.utils.set_random_seed(self.params["seed"])
         # A small training set is shown several times per epoch (each time augmented
@@ -314,7 +356,8 @@ class XGBoost(DigitModel):
         )
 
     def fit(self, x_train, y_train, x_val, y_val) -> None:
-        self._model = self._classifier(callbacks=[_round_progress(self.params["n_estimators"])])
+        self._model = self._classifier(
+            callbacks=[_round_progress(self.params["n_estimators"], self._step)])
         features = self.features(x_train)
         curve = slice(0, self.CURVE_SAMPLE)  # scoring all 55k each round would cost a third
         self._model.fit(
@@ -388,16 +431,26 @@ class XGBoost(DigitModel):
         self._bind()
 
 
-def _round_progress(total: int):
-    """An XGBoost callback reporting each boosting round and its validation error."""
+def _round_progress(total: int, step: Callable[[int, dict[str, float]], bool]):
+    """An XGBoost callback reporting each boosting round and its validation figures.
+
+    Training stops here only when ``step`` (the model's :attr:`DigitModel.on_step`)
+    asks; early stopping is XGBoost's own.
+    """
     import xgboost
 
     class RoundProgress(xgboost.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log) -> bool:
-            errors = evals_log.get("validation_1", {}).get("merror") or [None]
+            validation = evals_log.get("validation_1", {})
+            errors = validation.get("merror") or [None]
             detail = "" if errors[-1] is None else f"val_error={errors[-1]:.4f}"
             progress.progress("round", epoch + 1, total, detail)
-            return False  # never stop training from here
+            figures = {}
+            if errors[-1] is not None:
+                figures["accuracy"] = 1.0 - float(errors[-1])
+            if validation.get("mlogloss"):
+                figures["log_loss"] = float(validation["mlogloss"][-1])
+            return step(epoch + 1, figures)
 
     return RoundProgress()
 
@@ -480,6 +533,7 @@ def load_model(directory: Path) -> DigitModel:
     saved = info.get("params", {})
     model = cls(**{**cls.legacy, **{k: v for k, v in saved.items() if k in cls.defaults}})
     model.history = info.get("history", {})
+    model.temperature = float(info.get("temperature", NEUTRAL))
     try:
         model._load_weights(directory / cls.filename)
     except Exception as error:  # frameworks raise anything on bad weights

@@ -1,7 +1,9 @@
 """The KFP components: typed interfaces only.
 
-Each body just turns its typed inputs into the stage's ``main(argv)`` flags;
-the work lives in the stage modules, which are tested without KFP. They are
+Each body hands its typed inputs to the stage's ``run_for_kfp`` (which
+labels the artifacts and prints the step's headline); the work lives in the
+stage modules, which are tested without KFP. The ``Args:`` of each docstring
+is what the Kubeflow dashboard shows beside each input. They are
 lightweight Python components (not container components) so that
 ``kfp.local``'s SubprocessRunner can run the very same definitions that run
 in ``TRAIN_IMAGE`` on a cluster; the image already has ``kfp`` installed,
@@ -45,23 +47,24 @@ def ingest(
 ):
     """Read MNIST or a Kaggle CSV; write train / validation / frozen holdout.
 
-    With ``use_feedback``, the users' feedback digits in the registry join the
-    training split only (capped at ``feedback_cap`` of it, each ``feedback_weight`` times).
+    Args:
+        dataset: The split dataset (train, validation, holdout and their manifest).
+        use_feedback: Merge the digits users labelled (the registry's feedback) into training.
+        feedback_cap: Largest share of the training split feedback digits may take (0..1).
+        feedback_weight: How many times each feedback digit counts in training.
+        source: "mnist" (IDX files) or "kaggle-csv" (digit-recognizer's train.csv).
+        mnist_dir: Directory of the MNIST IDX files; empty: DIGITS_MNIST_DIR, the cache,
+            else a checksum-verified download.
+        csv_path: Kaggle train.csv, for source "kaggle-csv".
+        train_size: Stratified, seeded subsample of the training split; 0: all of it.
+        holdout_size: Keep only the first N holdout digits; 0: all of them.
+        seed: Seed of the validation split and of any subsample.
     """
-    from pathlib import Path
+    from components.ingest import run_for_kfp
 
-    from components.ingest import run_ingest
-    from components.progress import headline
-
-    data = run_ingest(Path(dataset.path), source, seed=seed, mnist_dir=mnist_dir or None,
-                      csv_path=csv_path or None, train_size=train_size or None,
-                      holdout_size=holdout_size or None, feedback=use_feedback,
-                      feedback_cap=feedback_cap, feedback_weight=feedback_weight)
-    sizes = data.manifest["sizes"]
-    used = data.manifest.get("feedback", {}).get("used", 0)
-    dataset.metadata.update(source=data.manifest["source"], seed=seed, feedback=used, **sizes)
-    headline(" / ".join(f"{count:,} {split}" for split, count in sizes.items())
-             + (f" ({used:,} feedback)" if use_feedback else ""))
+    run_for_kfp(dataset, source, seed=seed, mnist_dir=mnist_dir, csv_path=csv_path,
+                train_size=train_size, holdout_size=holdout_size, use_feedback=use_feedback,
+                feedback_cap=feedback_cap, feedback_weight=feedback_weight)
 
 
 @component
@@ -72,13 +75,25 @@ def train_cnn(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    dropout: float,
     seed: int,
 ):
-    """Train the Keras CNN (defaults: the pipeline's, from ``components.models.CNN``)."""
+    """Train the Keras CNN (defaults: the pipeline's, from ``components.models.CNN``).
+
+    Args:
+        dataset: The split dataset from ingest.
+        model: The trained, calibrated CNN (Keras file and model.json).
+        metrics: Validation accuracy and training seconds.
+        epochs: Passes over the training split.
+        batch_size: Digits per training step.
+        learning_rate: Peak learning rate of the warm-up + cosine schedule.
+        dropout: Share of the dense layer's units dropped while training.
+        seed: Seed of initialisation, shuffling and augmentation.
+    """
     from components.train import run_for_kfp
 
     run_for_kfp("cnn", dataset.path, model, metrics, epochs=epochs, batch_size=batch_size,
-                learning_rate=learning_rate, seed=seed)
+                learning_rate=learning_rate, dropout=dropout, seed=seed)
 
 
 @component
@@ -89,13 +104,26 @@ def train_xgboost(
     rounds: int,
     max_depth: int,
     learning_rate: float,
+    colsample_bytree: float,
     seed: int,
 ):
-    """Train the XGBoost model (defaults: the pipeline's, from ``components.models.XGBoost``)."""
+    """Train the XGBoost model (defaults: the pipeline's, from ``components.models.XGBoost``).
+
+    Args:
+        dataset: The split dataset from ingest.
+        model: The trained, calibrated booster (XGBoost file and model.json).
+        metrics: Validation accuracy and training seconds.
+        rounds: Most boosting rounds (early stopping on validation may use fewer).
+        max_depth: Deepest split of each tree.
+        learning_rate: Shrinkage of each round's trees.
+        colsample_bytree: Share of the feature columns each tree may split on.
+        seed: Seed of column sampling.
+    """
     from components.train import run_for_kfp
 
     run_for_kfp("xgboost", dataset.path, model, metrics, n_estimators=rounds,
-                max_depth=max_depth, learning_rate=learning_rate, seed=seed)
+                max_depth=max_depth, learning_rate=learning_rate,
+                colsample_bytree=colsample_bytree, seed=seed)
 
 
 @component
@@ -106,7 +134,15 @@ def train_baseline(
     max_iter: int,
     seed: int,
 ):
-    """Train the logistic-regression baseline (defaults: ``components.models.Baseline``)."""
+    """Train the logistic-regression baseline (defaults: ``components.models.Baseline``).
+
+    Args:
+        dataset: The split dataset from ingest.
+        model: The trained, calibrated weights (numpy file and model.json).
+        metrics: Validation accuracy and training seconds.
+        max_iter: Most L-BFGS iterations.
+        seed: Seed of the solver.
+    """
     from components.train import run_for_kfp
 
     run_for_kfp("baseline", dataset.path, model, metrics, max_iter=max_iter, seed=seed)
@@ -120,20 +156,18 @@ def evaluate(
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
 ):
-    """Score one model on the frozen holdout; feed the KFP dashboard."""
-    from pathlib import Path
+    """Score one model on the frozen holdout; feed the KFP dashboard.
 
-    from components.evaluate import run_evaluate
-    from components.metrics import kfp_classification_inputs, summary_scalars
-    from components.progress import headline
+    Args:
+        dataset: The split dataset from ingest (its frozen holdout is scored).
+        model: A trained model from a train step.
+        evaluation: Every metric and the holdout predictions they came from.
+        metrics: The headline numbers (accuracy, log-loss, ECE, latency, ...).
+        classification: Confusion matrix and ROC curve for the dashboard.
+    """
+    from components.evaluate import run_for_kfp
 
-    scored = run_evaluate(Path(dataset.path), Path(model.path), Path(evaluation.path))
-    headline(f"holdout accuracy {scored.metrics['accuracy']:.4f}")
-    for name, value in summary_scalars(scored.metrics).items():
-        metrics.log_metric(name, value)
-    curves = kfp_classification_inputs(scored.y_true, scored.proba)
-    classification.log_confusion_matrix(curves["categories"], curves["confusion_matrix"])
-    classification.log_roc_curve(curves["fpr"], curves["tpr"], curves["thresholds"])
+    run_for_kfp(dataset.path, model.path, evaluation, metrics, classification)
 
 
 @component
@@ -152,26 +186,35 @@ def gate(
     baseline_model: Optional[Input[Model]] = None,
     baseline_evaluation: Optional[Input[Artifact]] = None,
 ) -> NamedTuple("GateOutputs", decision=str, challenger_kind=str):
-    """Pick the best candidate by validation score; judge it against the champion."""
+    """Pick the best candidate by validation score; judge it against the champion.
+
+    Args:
+        dataset: The split dataset from ingest (the champion is scored on its holdout).
+        challenger: The chosen candidate, with the evaluation it was judged by.
+        decision_report: The decision, its checks and the champion's evaluation.
+        min_accuracy: Holdout accuracy every promotion needs, champion or not.
+        min_improvement: Accuracy a challenger must add over the champion.
+        alpha: Significance level of the paired McNemar test against the champion.
+        max_class_regression: Largest drop in any one digit's recall that is tolerated.
+        cnn_model: The CNN, when it was trained this run.
+        cnn_evaluation: Its holdout evaluation.
+        xgboost_model: The XGBoost model, when it was trained this run.
+        xgboost_evaluation: Its holdout evaluation.
+        baseline_model: The baseline, when it was trained this run.
+        baseline_evaluation: Its holdout evaluation.
+    """
     from collections import namedtuple
-    from pathlib import Path
 
-    from components.gate import GatePolicy, run_gate
-    from components.progress import headline
+    from components.gate import GatePolicy, run_for_kfp
 
-    pairs = {"cnn": (cnn_model, cnn_evaluation), "xgboost": (xgboost_model, xgboost_evaluation),
-             "baseline": (baseline_model, baseline_evaluation)}
-    present = {kind: pair for kind, pair in pairs.items() if None not in pair}
-    result = run_gate(
-        Path(dataset.path), {kind: Path(m.path) for kind, (m, _) in present.items()},
-        {kind: Path(e.path) for kind, (_, e) in present.items()},
-        Path(challenger.path), Path(decision_report.path),
-        GatePolicy(min_accuracy, min_improvement, alpha, max_class_regression))
-    kind = result.challenger_kind
-    challenger.metadata.update(kind=kind, decision=result.decision)
-    decision_report.metadata.update(decision=result.decision, reason=result.reason)
-    headline(f"{result.decision} {kind}")
-    return namedtuple("GateOutputs", ["decision", "challenger_kind"])(result.decision, kind)
+    decision, kind = run_for_kfp(
+        dataset.path,
+        {"cnn": cnn_model, "xgboost": xgboost_model, "baseline": baseline_model},
+        {"cnn": cnn_evaluation, "xgboost": xgboost_evaluation, "baseline": baseline_evaluation},
+        challenger, decision_report,
+        GatePolicy(min_accuracy=min_accuracy, min_improvement=min_improvement, alpha=alpha,
+                   max_class_regression=max_class_regression))
+    return namedtuple("GateOutputs", ["decision", "challenger_kind"])(decision, kind)
 
 
 @component
@@ -183,28 +226,20 @@ def report(
     xgboost_evaluation: Optional[Input[Artifact]] = None,
     baseline_evaluation: Optional[Input[Artifact]] = None,
 ):
-    """Render the run's report: every candidate, the champion, the gate's evidence."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+    """Render the run's report: every candidate, the champion, the gate's evidence.
 
-    from components.contract import GateDecision
-    from components.report import run_report
+    Args:
+        decision_report: The gate's decision and the champion's evaluation.
+        html: The self-contained HTML report.
+        summary: The gate's verdict and each candidate's scores, in Markdown.
+        cnn_evaluation: The CNN's holdout evaluation, when it was trained this run.
+        xgboost_evaluation: The XGBoost model's, likewise.
+        baseline_evaluation: The baseline's, likewise.
+    """
+    from components.report import run_for_kfp
 
-    evaluations = {kind: Path(evaluation.path) for kind, evaluation in
-                   (("cnn", cnn_evaluation), ("xgboost", xgboost_evaluation),
-                    ("baseline", baseline_evaluation)) if evaluation is not None}
-    with tempfile.TemporaryDirectory() as out:
-        page, _ = run_report(Path(decision_report.path), evaluations, Path(out))
-        shutil.copy(page, html.path)
-    decision = GateDecision.load(Path(decision_report.path))
-    rows = ["| model | validation | holdout |", "| --- | --- | --- |"]
-    for kind, row in decision.candidates.items():
-        rows.append(f"| {kind} | {row['validation_accuracy']:.4f} | "
-                    f"{row['holdout_accuracy']:.4f} |")
-    with open(summary.path, "w") as handle:
-        handle.write(f"## Gate: {decision.decision} {decision.challenger_kind}\n\n"
-                     f"{decision.reason}\n\n" + "\n".join(rows) + "\n")
+    run_for_kfp(decision_report.path, {"cnn": cnn_evaluation, "xgboost": xgboost_evaluation,
+                                       "baseline": baseline_evaluation}, html, summary)
 
 
 @component
@@ -216,17 +251,20 @@ def deploy(
     expect: str,
     run_id: str = "",
 ) -> str:
-    """Promote (``expect='promote'``) or archive (``'reject'``) the challenger; return JSON."""
-    import json
-    from pathlib import Path
+    """Promote (``expect='promote'``) or archive (``'reject'``) the challenger; return JSON.
 
-    from components.deploy import run_deploy
-    from components.progress import headline
+    Args:
+        dataset: The split dataset from ingest (its manifest joins the version's lineage).
+        challenger: The gate's chosen candidate.
+        decision_report: The gate's decision (must agree with ``expect``).
+        report: The run's HTML report, stored with the version.
+        expect: "promote" or "reject": the pipeline branch this step runs on.
+        run_id: The pipeline run's id, recorded with the version.
+    """
+    from components.deploy import run_for_kfp
 
-    outcome = run_deploy(Path(challenger.path), Path(decision_report.path), Path(dataset.path),
-                         Path(report.path), expect=expect, run_id=run_id)
-    headline(f"{outcome['status']} {outcome['version']}")
-    return json.dumps(outcome)
+    return run_for_kfp(challenger.path, decision_report.path, dataset.path, report.path,
+                       expect=expect, run_id=run_id)
 
 
 @serve_component
@@ -242,25 +280,14 @@ def kaggle_submit(
     ``mode='auto'`` submits when Kaggle credentials (the optional Secret
     ``digits-kaggle``) and Kaggle's ``test.csv`` are at hand, and otherwise
     scores the frozen holdout offline, saying plainly that it did not submit.
+
+    Args:
+        dataset: The split dataset from ingest (its holdout is scored offline).
+        deployed: The deploy step's JSON outcome (which version was promoted).
+        submission: The submission CSV and its record.
+        mode: "auto", "online" (submit; fail without credentials) or "offline".
+        test_csv: Kaggle's test.csv inside the container; empty: score the holdout.
     """
-    import json
-    from pathlib import Path
+    from components.kaggle.job import run_for_kfp
 
-    from components.kaggle import submit_promoted
-    from components.progress import headline
-
-    outcome = json.loads(deployed)
-    version = outcome["version"]
-    if outcome["status"] != "promoted":  # lost a race to another run: nothing to submit
-        headline(f"skipped: {version} was not promoted")
-        return json.dumps(None)
-    record = submit_promoted(version, Path(submission.path), mode=mode,
-                             dataset_dir=Path(dataset.path),
-                             test_csv=Path(test_csv) if test_csv else None)
-    submission.metadata.update(mode=record["mode"], version=version, rows=record["rows"],
-                               local_score=record["local_score"],
-                               kaggle_score=record["kaggle_score"])
-    score = record["kaggle_score"] if record["submitted"] else record["local_score"]
-    shown = "" if score is None else f" scored {score:.4f}"
-    headline(f"{record['mode']}{shown}" + ("" if record["submitted"] else ": not submitted"))
-    return json.dumps(record)
+    return run_for_kfp(deployed, dataset.path, submission, mode=mode, test_csv=test_csv)

@@ -43,6 +43,8 @@ from typing import Any
 from minio import Minio
 from minio.error import S3Error
 
+from components.contract import METADATA_FILE
+
 log = logging.getLogger(__name__)
 
 VERSIONS = "versions"
@@ -51,7 +53,6 @@ STATUSES = (VERSIONS, FAILED)
 POINTER = "production.json"
 SUBMISSIONS = "submissions"
 SUBMISSION_FILE, SUBMISSION_RECORD = "submission.csv", "record.json"
-METADATA = "metadata.json"
 
 
 class RegistryError(RuntimeError):
@@ -102,7 +103,7 @@ def check_file_name(version: str, name: object) -> str:
             or any(part in ("", ".", "..") for part in parts)
             or any(ord(char) < 32 or ord(char) == 127 for char in name)):
         raise RegistryError(
-            f"{version}: refusing file name {name!r} from {METADATA}: files are relative "
+            f"{version}: refusing file name {name!r} from {METADATA_FILE}: files are relative "
             "paths without '..', '.', empty parts, backslashes or control characters")
     return name
 
@@ -288,7 +289,7 @@ class Registry:
         record = {**metadata, "version": version, "status": status,
                   "created_at": metadata.get("created_at", utcnow()), "files": manifest}
         raw = json.dumps(record, indent=2).encode()
-        self._put(f"{status}/{version}/{METADATA}", raw, "application/json")
+        self._put(f"{status}/{version}/{METADATA_FILE}", raw, "application/json")
         self.verify(version)
         log.info("published %s/%s (%d files)", status, version, len(manifest))
         return version, raw
@@ -406,7 +407,7 @@ class Registry:
         """Delete every object under ``prefix`` (metadata first: never a half version)."""
         names = [obj.object_name for obj in
                  self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
-        for name in sorted(names, key=lambda name: not name.endswith(METADATA)):
+        for name in sorted(names, key=lambda name: not name.endswith(METADATA_FILE)):
             self.client.remove_object(self.bucket, name)
 
     # ------------------------------------------------------------------ reading
@@ -427,7 +428,7 @@ class Registry:
         check_version_name(version)
         for status in STATUSES:
             try:
-                raw = self.read(f"{status}/{version}/{METADATA}")
+                raw = self.read(f"{status}/{version}/{METADATA_FILE}")
             except S3Error as error:
                 # The serving identity may not read failed/: for it, only versions/ exist.
                 if status == FAILED and error.code == "AccessDenied":
@@ -442,17 +443,17 @@ class Registry:
         try:
             metadata = json.loads(raw)
         except ValueError as error:
-            raise RegistryError(f"{version}: {METADATA} is unreadable ({error})") from None
+            raise RegistryError(f"{version}: {METADATA_FILE} is unreadable ({error})") from None
         if not isinstance(metadata, dict) or not isinstance(metadata.get("files"), dict):
-            raise RegistryError(f"{version}: {METADATA} has no 'files' table")
+            raise RegistryError(f"{version}: {METADATA_FILE} has no 'files' table")
         if metadata.get("version") != version or metadata.get("status") != status:
             raise RegistryError(
-                f"{version}: {METADATA} under {status}/ describes "
+                f"{version}: {METADATA_FILE} under {status}/ describes "
                 f"{metadata.get('status')!r}/{metadata.get('version')!r}; refusing it")
         for name, expected in metadata["files"].items():
             check_file_name(version, name)
             if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
-                raise RegistryError(f"{version}: {METADATA} gives no sha256 for {name!r}")
+                raise RegistryError(f"{version}: {METADATA_FILE} gives no sha256 for {name!r}")
         return metadata
 
     def _checked_files(self, metadata: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
@@ -490,7 +491,7 @@ class Registry:
                 if not VERSION_NAME.fullmatch(version):
                     log.warning("ignoring %s/%r: not a version name", status, version)
                     continue
-                raw = self.read(f"{status}/{version}/{METADATA}")
+                raw = self.read(f"{status}/{version}/{METADATA_FILE}")
                 if raw is None:  # an upload that never finished: not a version
                     continue
                 meta = json.loads(raw)
@@ -515,13 +516,13 @@ class Registry:
         to its own checksum, and the metadata must not change during the download.
         """
         check_version_name(pointer.version)
-        raw = self.read(f"{VERSIONS}/{pointer.version}/{METADATA}")
+        raw = self.read(f"{VERSIONS}/{pointer.version}/{METADATA_FILE}")
         if raw is None:
-            raise RegistryError(f"{pointer.version}: no {METADATA} under {VERSIONS}/")
+            raise RegistryError(f"{pointer.version}: no {METADATA_FILE} under {VERSIONS}/")
         digest = sha256_bytes(raw)
         if digest != pointer.metadata_sha256:
             raise RegistryError(
-                f"{pointer.version}: {METADATA} sha256 {digest[:12]}… does not match the "
+                f"{pointer.version}: {METADATA_FILE} sha256 {digest[:12]}… does not match the "
                 f"production pointer's {pointer.metadata_sha256[:12]}…")
         metadata = self.download(pointer.version, destination)
         if metadata != json.loads(raw):
@@ -536,7 +537,7 @@ class Registry:
                 version = obj.object_name.rstrip("/").split("/")[1]
                 if not VERSION_NAME.fullmatch(version):
                     continue
-                raw = self.read(f"{status}/{version}/{METADATA}")
+                raw = self.read(f"{status}/{version}/{METADATA_FILE}")
                 if raw is not None and json.loads(raw).get("run_id") == run_id:
                     return version
         return None
@@ -621,7 +622,7 @@ class Registry:
                                         "the download folder")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-            (staging / METADATA).write_text(json.dumps(metadata, indent=2))
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
             if destination.exists():
                 shutil.rmtree(destination)
             staging.rename(destination)

@@ -21,6 +21,8 @@ from components.contract import (
     DECISION_FILE,
     EVALUATION_DIR,
     GATE_DIR,
+    METADATA_FILE,
+    REPORT_FILE,
     GateDecision,
     ModelEvaluation,
 )
@@ -39,9 +41,31 @@ def run_report(decision_dir: Path, evaluations: dict[str, Path], output: Path,
     return html, summary_table(models)
 
 
+def gate_markdown(decision: GateDecision) -> str:
+    """The gate's verdict and each candidate's scores, as the KFP run's Markdown summary."""
+    rows = ["| model | validation | holdout |", "| --- | --- | --- |"]
+    rows += [f"| {kind} | {row['validation_accuracy']:.4f} | {row['holdout_accuracy']:.4f} |"
+             for kind, row in decision.candidates.items()]
+    return (f"## Gate: {decision.decision} {decision.challenger_kind}\n\n"
+            f"{decision.reason}\n\n" + "\n".join(rows) + "\n")
+
+
+def run_for_kfp(decision_path: str, evaluations: dict[str, Any], html_artifact,
+                summary_artifact) -> None:
+    """What the report component does: the page into the HTML artifact, the verdict as Markdown.
+
+    ``evaluations`` maps each family to its KFP input, ``None`` where it did not run.
+    """
+    present = {kind: Path(item.path) for kind, item in evaluations.items() if item is not None}
+    with tempfile.TemporaryDirectory() as out:
+        page, _ = run_report(Path(decision_path), present, Path(out))
+        shutil.copy(page, html_artifact.path)
+    Path(summary_artifact.path).write_text(gate_markdown(GateDecision.load(Path(decision_path))))
+
+
 def render_version(version_dir: Path, output: Path) -> tuple[Path, str]:
     """Re-render a downloaded version: its challenger evaluation and the champion it beat."""
-    metadata: dict[str, Any] = json.loads((Path(version_dir) / "metadata.json").read_text())
+    metadata: dict[str, Any] = json.loads((Path(version_dir) / METADATA_FILE).read_text())
     models = {metadata["kind"]: ModelEvaluation.load(Path(version_dir) / EVALUATION_DIR)}
     champion_dir = Path(version_dir) / GATE_DIR / CHAMPION_DIR
     if champion_dir.is_dir():
@@ -81,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"digits report: {error}", file=sys.stderr)
                 return 2
             html, table = render_version(Path(tmp) / "v", output)
-            stored = Path(tmp) / "v" / "report.html"
+            stored = Path(tmp) / "v" / REPORT_FILE
             if stored.exists():  # the run's original, all candidates included
                 shutil.copy(stored, output / "run-report.html")
     else:

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from components.calibration import NEUTRAL, apply_temperature
 from components.contract import ModelEvaluation
 from components.data import Dataset
-from components.metrics import compute_metrics, directory_size_bytes, timed_predict
+from components.metrics import (
+    ECE_BINS,
+    calibration_bins,
+    compute_metrics,
+    directory_size_bytes,
+    expected_calibration_error,
+    log_loss,
+    timed_predict,
+)
 from components.models import DigitModel, load_model, read_info
 
 
@@ -35,6 +44,17 @@ def evaluate(model: DigitModel, dataset: Dataset, *, name: str | None = None,
         model_size_bytes=directory_size_bytes(model_dir) if model_dir else None,
         train_seconds=info.get("train_seconds"),
     )
+    if model.temperature != NEUTRAL:
+        # The same holdout before calibration, for the report's reliability
+        # diagram: undoing one temperature recovers them (to float precision), so
+        # there is no second pass.
+        raw = apply_temperature(proba, 1 / model.temperature)
+        metrics["uncalibrated"] = {
+            "temperature": model.temperature,
+            "ece": expected_calibration_error(dataset.y_holdout, raw),
+            "log_loss": log_loss(dataset.y_holdout, raw),
+            "calibration": {"n_bins": ECE_BINS, "bins": calibration_bins(dataset.y_holdout, raw)},
+        }
     return ModelEvaluation(
         name=name or model.kind, y_true=dataset.y_holdout, proba=proba,
         images=dataset.x_holdout, history=model.history, metrics=metrics,

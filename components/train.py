@@ -30,14 +30,18 @@ def train(kind: str, dataset: Dataset, **params: Any) -> tuple[DigitModel, dict[
     started = time.perf_counter()
     model.fit(dataset.x_train, dataset.y_train, dataset.x_validation, dataset.y_validation)
     seconds = time.perf_counter() - started
+    calibration = model.calibrate(dataset.x_validation, dataset.y_validation)
     val_accuracy = float(np.mean(model.predict(dataset.x_validation) == dataset.y_validation))
     info = {
         "validation_accuracy": val_accuracy,
+        "calibration": calibration,
         "train_seconds": round(seconds, 3),
         "train_size": len(dataset.y_train),
         "dataset_holdout_sha256": dataset.manifest.get("holdout_sha256"),
     }
-    log.info("%s: validation accuracy %.4f in %.1fs", kind, val_accuracy, seconds)
+    log.info("%s: validation accuracy %.4f in %.1fs; temperature %.3f (validation ECE "
+             "%.4f -> %.4f)", kind, val_accuracy, seconds, calibration["temperature"],
+             calibration["validation_ece_before"], calibration["validation_ece_after"])
     return model, info
 
 

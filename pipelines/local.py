@@ -90,7 +90,7 @@ def task_labels(pipeline) -> dict[str, str]:
 
 def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
     """Refuse what would only fail minutes later, inside a stage."""
-    from components.data import DataError, missing_mnist_files
+    from components.datafiles import DataError, missing_mnist_files
 
     source = arguments.get("source", "mnist")
     if source == "kaggle-csv":
@@ -111,7 +111,7 @@ def check_arguments(arguments: dict[str, Any], settings: Settings) -> None:
                 raise DataError(f"{flag} {directory}: missing {', '.join(missing)}")
     else:
         raise DataError(f"unknown source {source!r}; choose mnist or kaggle-csv")
-    from components.kaggle import MODES, ONLINE
+    from components.kaggle.job import MODES, ONLINE
 
     mode = arguments.get("kaggle_mode", LOCAL_KAGGLE_MODE)
     test_csv = arguments.get("kaggle_test_csv")
@@ -154,7 +154,7 @@ def input_paths(arguments: dict[str, Any], settings: Settings) -> list[Path]:
 
 def check_docker(arguments: dict[str, Any], settings: Settings) -> None:
     """Before a containerised run: an engine, both images, and inputs it can mount."""
-    from components.data import DataError
+    from components.datafiles import DataError
     from components.images import SERVE_IMAGE, TRAIN_IMAGE
 
     try:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from components.argparsing import json_or_text, key_value, make_parser, positive_int
-from components.data import write_atomically
+from components.datafiles import write_atomically
 from pipelines.training import MODEL_FAMILIES
 
 #: Training-set sizes of the full study; 0 means every training digit.

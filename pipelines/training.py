@@ -13,7 +13,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 
 from components import ops
-from components.feedback import DEFAULT_CAP
+from components.feedback import DEFAULT_CAP, USE_FEEDBACK
 from components.gate import GatePolicy
 from components.models import CNN, Baseline, XGBoost
 
@@ -32,6 +32,31 @@ KAGGLE_SECRET_KEYS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
 _POLICY = GatePolicy()
 # Each family's defaults live on the family; the pipeline's parameters start from them.
 _CNN, _XGB, _BASELINE = CNN.defaults, XGBoost.defaults, Baseline.defaults
+#: The model parameters a run can set per family, and the pipeline parameter carrying
+#: each. ``digits tune`` writes, and ``digits run --params`` reads, the model's names.
+FAMILY_ARGUMENTS: dict[str, dict[str, str]] = {
+    "cnn": {"epochs": "epochs", "batch_size": "batch_size",
+            "learning_rate": "cnn_learning_rate", "dropout": "cnn_dropout"},
+    "xgboost": {"n_estimators": "xgb_rounds", "max_depth": "xgb_max_depth",
+                "learning_rate": "xgb_learning_rate", "colsample_bytree": "xgb_colsample_bytree"},
+    "baseline": {"max_iter": "baseline_max_iter"},
+}
+
+
+def family_arguments(family: str, params: dict[str, object]) -> dict[str, object]:
+    """A family's model settings → the pipeline arguments carrying them (``--params``).
+
+    A setting the pipeline has no parameter for is refused by name, so a params
+    file never changes less than it says.
+    """
+    carried = FAMILY_ARGUMENTS.get(family)
+    if carried is None:
+        raise ValueError(f"unknown model family {family!r}; choose from {MODEL_FAMILIES}")
+    missing = sorted(set(params) - set(carried))
+    if missing:
+        raise ValueError(f"a run cannot set {family} {', '.join(missing)}; it sets "
+                         f"{', '.join(carried)}")
+    return {carried[name]: value for name, value in params.items()}
 
 
 class PipelineOutputs(NamedTuple):
@@ -71,15 +96,17 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         train_size: int = 0,
         holdout_size: int = 0,
         seed: int = 0,
-        use_feedback: bool = True,
+        use_feedback: bool = USE_FEEDBACK,
         feedback_cap: float = DEFAULT_CAP,
         feedback_weight: int = 1,
         epochs: int = _CNN["epochs"],
         batch_size: int = _CNN["batch_size"],
         cnn_learning_rate: float = _CNN["learning_rate"],
+        cnn_dropout: float = _CNN["dropout"],
         xgb_rounds: int = _XGB["n_estimators"],
         xgb_max_depth: int = _XGB["max_depth"],
         xgb_learning_rate: float = _XGB["learning_rate"],
+        xgb_colsample_bytree: float = _XGB["colsample_bytree"],
         baseline_max_iter: int = _BASELINE["max_iter"],
         min_accuracy: float = _POLICY.min_accuracy,
         min_improvement: float = _POLICY.min_improvement,
@@ -98,11 +125,12 @@ def build_pipeline(models: Sequence[str] = MODEL_FAMILIES) -> Callable:
         trainers = {
             "cnn": lambda: ops.train_cnn(
                 dataset=dataset, epochs=epochs, batch_size=batch_size,
-                learning_rate=cnn_learning_rate, seed=seed,
+                learning_rate=cnn_learning_rate, dropout=cnn_dropout, seed=seed,
             ).set_cpu_request("2").set_memory_request("4G"),
             "xgboost": lambda: ops.train_xgboost(
                 dataset=dataset, rounds=xgb_rounds, max_depth=xgb_max_depth,
-                learning_rate=xgb_learning_rate, seed=seed,
+                learning_rate=xgb_learning_rate, colsample_bytree=xgb_colsample_bytree,
+                seed=seed,
             ).set_cpu_request("2").set_memory_request("4G"),
             "baseline": lambda: ops.train_baseline(
                 dataset=dataset, max_iter=baseline_max_iter, seed=seed,

@@ -78,11 +78,16 @@ class Server:
     def predict(self, images: np.ndarray, loaded: LoadedModel) -> Prediction:
         """Classify with the model the request started with; record who answered."""
         g.batch = len(images)
-        self.metrics.batch_size.observe(len(images))
-        self.metrics.images.inc(len(images))
-        prediction = self.model.predict(images, loaded)
+        prediction = self.infer(images, loaded)
         g.model_version = prediction.version
         return prediction
+
+    def infer(self, images: np.ndarray, loaded: LoadedModel) -> Prediction:
+        """Classify and count, outside any Flask request: what every transport (HTTP
+        through :meth:`predict`, gRPC in :mod:`serving.grpc_server`) runs."""
+        self.metrics.batch_size.observe(len(images))
+        self.metrics.images.inc(len(images))
+        return self.model.predict(images, loaded)
 
     def account(self, *, route: str, method: str, path: str, status: int, started: float,
                 version: str | None, batch: int | None, remote: str | None,
@@ -101,7 +106,8 @@ class Server:
 
     def openapi(self) -> bytes:
         if self._openapi is None:
-            self._openapi = protocol.dumps(openapi_spec(package_version()))
+            self._openapi = protocol.dumps(openapi_spec(package_version(),
+                                                        max_batch=self.settings.max_batch))
         return self._openapi
 
     def check_name(self, name: str) -> None:

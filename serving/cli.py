@@ -6,10 +6,11 @@ The registry is the one ``digits run`` publishes to: the configured S3 store
 
 granian runs in this process and forks the workers; each runs
 :func:`serving.front.create_front` (the Flask app behind a buffering RSGI
-front). This process also serves the workers' aggregated Prometheus metrics
-on ``DIGITS_METRICS_PORT``, apart from the public port, and gives the workers
-one SQLite file for rate-limit counts, so a client's limit holds whichever
-worker answers. SIGTERM and SIGINT stop it gracefully: in-flight requests
+front) and its own gRPC server on ``DIGITS_GRPC_PORT``, the workers sharing that
+port (:mod:`serving.grpc_server`). This process also serves the workers'
+aggregated Prometheus metrics on ``DIGITS_METRICS_PORT``, apart from the public
+port, and gives the workers one SQLite file for rate-limit counts, so a client's
+limit holds whichever worker answers. SIGTERM and SIGINT stop it gracefully: in-flight requests
 finish first (a Kubernetes rollout, Ctrl-C).
 """
 
@@ -19,6 +20,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +29,10 @@ from serving.metrics import MULTIPROC_ENV
 from serving.settings import ServeSettings, get_serve_settings
 
 TARGET = "serving.front:create_front"
+DEFAULT_HOST = "0.0.0.0"
+#: Where the workers learn ``--host`` (serving.grpc_server reads it; grpc itself must not
+#: be imported here, before granian forks the workers).
+GRPC_HOST_ENV = "DIGITS_SERVE_HOST"
 #: On SIGTERM (a rollout), in-flight requests get this long to finish.
 GRACEFUL_TIMEOUT_S = 25
 BACKLOG = 2048
@@ -39,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a drawing page at /) with granian.",
     )
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to bind, HTTP and gRPC (default {DEFAULT_HOST})")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default DIGITS_WORKERS, else 2)")
     parser.add_argument("--threads", type=int, default=None,
@@ -48,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="port of /metrics (default DIGITS_METRICS_PORT, else 9090; "
                              "0: none)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="port of the Open Inference Protocol's gRPC service (default "
+                             "DIGITS_GRPC_PORT, else 8081; 0: none)")
     return parser
 
 
@@ -80,6 +90,21 @@ def shared_rate_limits(settings: ServeSettings) -> Iterator[str]:
         yield f"sqlite://{directory}/limits.db"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (``None`` if it can).
+
+    The workers bind the gRPC port with ``SO_REUSEPORT``, which would silently share it
+    with a stale server of the same user; a plain bind here refuses that first.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def serve_metrics(host: str, port: int) -> None:
@@ -127,8 +152,9 @@ def serve(settings: ServeSettings, *, host: str, port: int) -> int:
             serve_metrics(host, settings.metrics_port)
         metrics = (f", metrics on :{settings.metrics_port}/metrics"
                    if settings.metrics_port else "")
+        grpc = f", gRPC on :{settings.grpc_port}" if settings.grpc_port else ""
         print(f"digits serve: http://{host}:{port}/ (model {settings.model_name!r}, "
-              f"bucket {settings.bucket!r}, {settings.workers} workers{metrics})",
+              f"bucket {settings.bucket!r}, {settings.workers} workers{grpc}{metrics})",
               file=sys.stderr, flush=True)
         granian_server(settings, host=host, port=port).serve()
     return 0
@@ -141,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"digits serve: --{name} must be at least 1", file=sys.stderr)
             return 2
-    overrides = {name: getattr(args, name) for name in ("workers", "threads", "metrics_port")
+    overrides = {name: getattr(args, name)
+                 for name in ("workers", "threads", "metrics_port", "grpc_port")
                  if getattr(args, name) is not None}
     for name, value in overrides.items():  # the workers read their settings again
         os.environ[f"DIGITS_{name.upper()}"] = str(value)
@@ -153,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port and settings.metrics_port == args.port:
         print("digits serve: the metrics port must differ from --port", file=sys.stderr)
         return 2
+    if settings.grpc_port and settings.grpc_port in (args.port, settings.metrics_port):
+        print("digits serve: the gRPC port must differ from --port and the metrics port",
+              file=sys.stderr)
+        return 2
+    if settings.grpc_port and (problem := port_taken(args.host, settings.grpc_port)):
+        print(f"digits serve: cannot serve gRPC on {args.host}:{settings.grpc_port}: {problem}",
+              file=sys.stderr)
+        return 2
+    os.environ[GRPC_HOST_ENV] = args.host  # the workers bind gRPC where HTTP is
     return serve(settings, host=args.host, port=args.port)
 
 

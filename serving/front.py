@@ -30,9 +30,10 @@ one error mapping, one access log and one set of counters
 (:mod:`serving.hooks`). The arrival time (``digits.arrived``) lets the app
 shed requests that waited too long for a work slot.
 
-Per worker process, ``__rsgi_init__`` starts the model poller and moves the
+Per worker process, ``__rsgi_init__`` starts the model poller and the
+worker's gRPC server (:mod:`serving.grpc_server`, same model) and moves the
 objects alive after start-up out of the garbage collector's sight;
-``__rsgi_del__`` stops it and marks the worker's metric files dead.
+``__rsgi_del__`` stops them and marks the worker's metric files dead.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Front:
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="digits-http")
         #: Requests on the pool's threads now; while there are none, cheap ones run inline.
         self.pooled = 0
+        #: This worker's gRPC server (serving.grpc_server), answering from the same model.
+        self.grpc: Any = None
 
     # ------------------------------------------------------------------ requests
 
@@ -182,10 +185,18 @@ class Front:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.server.model.start()  # begin loading the production model now
+        if self.server.settings.grpc_port:
+            from serving import grpc_server  # imports grpc: only here, after the fork
+
+            self.grpc = grpc_server.start(self.server)
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's scans: fewer long pauses
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.grpc is not None:
+            from serving import grpc_server
+
+            grpc_server.stop(self.grpc)
         self.server.model.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if multiprocess_dir():

@@ -1,17 +1,32 @@
-"""The OpenAPI 3 description of the server, built in code and served at ``/openapi.json``.
+"""The OpenAPI 3.1 description of the server, built in code and served at ``/openapi.json``.
 
 Kept next to the routes and checked by a test against ``app.url_map``, so an
 endpoint cannot be added without being documented.
+
+The request schemas state every rule the server enforces that JSON Schema
+(2020-12, OpenAPI 3.1's) can: pixels are whole numbers 0..255; an image is 784
+of them or 28 rows of 28, a batch 1..``DIGITS_MAX_BATCH`` images; a v2 tensor's
+shape is one of ``[784]``, ``[28, 28]``, ``[N, 784]``, ``[N, 28, 28]``; feedback
+is one image and a label 0..9. Tests post crafted bodies to check that what the
+server refuses is schema-invalid and what the schema allows is accepted. Beyond
+a schema: that a tensor's data holds as many values as its shape, the binary
+bytes' length, whether an upload is a decodable image, and JSON Schema's view
+that ``7.0`` is an integer (the server wants ``7`` for a label or a shape).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from serving.protocol import WIRE_TYPES
+from components.stem import IMAGE_SIDE, MAX_PIXEL, NUM_CLASSES, NUM_PIXELS
+from serving.protocol import OUTPUT_ALIASES, OUTPUTS, WIRE_TYPES
 
 #: The datatypes an input may have (the binary extension's and JSON's alike).
 DATATYPES = tuple(WIRE_TYPES)
+#: ``data:image/png;base64,`` or jpeg, any case (as the server matches it), then base64.
+DATA_URL_PATTERN = ("^[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/(?:[pP][nN][gG]|[jJ][pP][eE][gG]);"
+                    "[bB][aA][sS][eE]64,"
+                    "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -128,13 +143,58 @@ def _v2_model_paths() -> dict[str, Any]:
     return paths
 
 
-def spec(server_version: str = "0") -> dict[str, Any]:
-    """The OpenAPI document."""
-    tensor_data = {
-        "description": "Row-major tensor contents, flat or nested.",
-        "type": "array", "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},
+def _batch(image: str, max_batch: int | None, *, exactly_one: bool = False) -> dict[str, Any]:
+    """An array of 1.. images (``max_batch``: the most, ``None``: no stated limit)."""
+    most = 1 if exactly_one else max_batch
+    return {"type": "array", "minItems": 1, "items": _ref(image),
+            **({"maxItems": most} if most is not None else {})}
+
+
+def _pixel_schemas(max_batch: int | None) -> dict[str, Any]:
+    """Pixels, images, batches and v2 shapes as the server checks them
+    (:func:`components.stem.as_images`, :func:`serving.protocol.v2_tensor`)."""
+    images = ["ImageFlat", "ImageSquare"]
+    batch_size = {"type": "integer", "minimum": 1,
+                  **({"maximum": max_batch} if max_batch is not None else {})}
+    return {
+        "Pixel": {"type": "number", "minimum": 0, "maximum": MAX_PIXEL, "multipleOf": 1,
+                  "description": f"A whole number 0..{MAX_PIXEL} (3 or 3.0; not 3.5, not "
+                                 "scaled to 0..1), white digit on black like MNIST."},
+        "ImageFlat": {"type": "array", "minItems": NUM_PIXELS, "maxItems": NUM_PIXELS,
+                      "items": _ref("Pixel"), "description": "One image, 784 pixels row-major."},
+        "ImageSquare": {"type": "array", "minItems": IMAGE_SIDE, "maxItems": IMAGE_SIDE,
+                        "items": {"type": "array", "minItems": IMAGE_SIDE,
+                                  "maxItems": IMAGE_SIDE, "items": _ref("Pixel")},
+                        "description": "One image, 28 rows of 28 pixels."},
+        "Pixels": {"description": "One image (784 pixels, or 28 rows of 28) or a batch of "
+                                  "them (at most DIGITS_MAX_BATCH; more get 413).",
+                   "oneOf": [*map(_ref, images), *(_batch(i, max_batch) for i in images)]},
+        "FeedbackPixels": {"description": "One image: 784 pixels, 28 rows of 28, or a batch of "
+                                          "exactly one of either.",
+                           "oneOf": [*map(_ref, images),
+                                     *(_batch(i, None, exactly_one=True) for i in images)]},
+        "TensorData": {"description": "Row-major tensor contents, flat or nested (regular, "
+                                      "holding as many pixels as the shape needs).",
+                       "oneOf": [{"type": "array", "minItems": 1, "items": _ref("Pixel")},
+                                 {"type": "array", "minItems": 1,
+                                  "items": _ref("TensorData")}]},
+        "Shape": {"description": "[784] or [28, 28] (one image), [N, 784] or [N, 28, 28] "
+                                 "(a batch of N, at most DIGITS_MAX_BATCH; more get 413).",
+                  "oneOf": [
+                      {"enum": [[NUM_PIXELS], [IMAGE_SIDE, IMAGE_SIDE]]},
+                      {"type": "array", "minItems": 2, "maxItems": 2,
+                       "prefixItems": [batch_size, {"const": NUM_PIXELS}]},
+                      {"type": "array", "minItems": 3, "maxItems": 3,
+                       "prefixItems": [batch_size, {"const": IMAGE_SIDE},
+                                       {"const": IMAGE_SIDE}]}],
+                  "examples": [[1, NUM_PIXELS]]},
     }
+
+
+def spec(server_version: str = "0", *, max_batch: int | None = None) -> dict[str, Any]:
+    """The OpenAPI document; ``max_batch`` (DIGITS_MAX_BATCH) bounds batches when given."""
     schemas = {
+        **_pixel_schemas(max_batch),
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
@@ -162,22 +222,20 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                            "`parameters.binary_data_size` bytes after the JSON part: "
                            "exactly one of the two.",
             "properties": {
-                "name": {"type": "string", "example": "images"},
-                "shape": {"type": "array", "minItems": 1,
-                          "items": {"type": "integer", "minimum": 0}, "example": [1, 784]},
+                "name": {"type": "string", "examples": ["images"]},
+                "shape": _ref("Shape"),
                 "datatype": {"type": "string", "enum": list(DATATYPES)},
                 "parameters": {"type": "object", "properties": {
                     "binary_data_size": {"type": "integer", "minimum": 0,
                                          "description": "shape × the datatype's width"}}},
-                "data": tensor_data},
+                "data": _ref("TensorData")},
             "oneOf": [
                 {"required": ["data"], "not": {"required": ["parameters"], "properties": {
                     "parameters": {"required": ["binary_data_size"]}}}},
                 {"required": ["parameters"], "not": {"required": ["data"]}, "properties": {
                     "parameters": {"required": ["binary_data_size"]}}}]},
         "RequestOutput": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string",
-                     "enum": ["label", "probabilities", "predict", "predict_proba"]},
+            "name": {"type": "string", "enum": [*OUTPUTS, *OUTPUT_ALIASES]},
             "parameters": {"type": "object", "properties": {
                 "binary_data": {"type": "boolean",
                                 "description": "Answer this output as raw bytes."}}}}},
@@ -197,7 +255,7 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                                           "datatype": {"type": "string"},
                                           "parameters": {"type": "object", "properties": {
                                               "binary_data_size": {"type": "integer"}}},
-                                          "data": tensor_data}},
+                                          "data": {"type": "array"}}},
         "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"],
                               "properties": {
                                   "model_name": {"type": "string"},
@@ -207,14 +265,10 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                                   "outputs": {"type": "array",
                                               "items": _ref("ResponseOutput")}}},
         "Prediction": {"type": "object", "properties": {
-            "label": {"type": "integer", "minimum": 0, "maximum": 9},
+            "label": _ref("Digit"),
             "probabilities": {"type": "array", "items": {"type": "number"},
-                              "minItems": 10, "maxItems": 10},
+                              "minItems": NUM_CLASSES, "maxItems": NUM_CLASSES},
             "source": {"type": "string", "description": "Uploaded file name (uploads only)."}}},
-        "Pixels": {"description": "One image (784 values, or 28 rows of 28) or a batch of them; "
-                                  "whole numbers 0..255, white digit on black like MNIST.",
-                   "type": "array", "items": {"oneOf": [{"type": "number"},
-                                                        {"type": "array"}]}},
         "PredictResponse": {"type": "object", "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"},
             "model_kind": {"type": "string"},
@@ -223,26 +277,32 @@ def spec(server_version: str = "0") -> dict[str, Any]:
             "type": "object", "required": ["label"],
             "description": "`label` and exactly one of `pixels` (API clients) or `image` "
                            "(the drawing page).",
+            "oneOf": [{"required": ["pixels"], "not": {"required": ["image"]}},
+                      {"required": ["image"], "not": {"required": ["pixels"]}}],
             "properties": {
-                "pixels": _ref("Pixels"),
-                "image": {"type": "string", "pattern": "^data:image/(png|jpeg);base64,",
-                          "description": "The drawing as a PNG or JPEG data URL, decoded and "
-                                         "converted like /predict's uploads."},
+                "pixels": _ref("FeedbackPixels"),
+                "image": {"type": "string", "pattern": DATA_URL_PATTERN,
+                          "description": "The drawing as a PNG or JPEG data URL "
+                                         "(data:image/png;base64,...), decoded and converted "
+                                         "like /predict's uploads."},
                 "label": _ref("Digit"),
-                "predicted": {**_ref("Digit"),
+                "predicted": {"type": ["integer", "null"], "minimum": 0,
+                              "maximum": NUM_CLASSES - 1,
                               "description": "What the model answered, if known."},
-                "model_version": {"type": "string", "maxLength": 200}}},
-        "Digit": {"type": "integer", "minimum": 0, "maximum": 9},
+                "model_version": {"type": ["string", "null"], "maxLength": 200}}},
+        "Digit": {"type": "integer", "minimum": 0, "maximum": NUM_CLASSES - 1},
         "FeedbackResponse": {"type": "object", "properties": {
             "id": {"type": "string"},
             "stored": {"type": "string", "description": "The item's key in the registry bucket."},
             "sha256": {"type": "string"}, "label": _ref("Digit"),
-            "predicted": {"type": "integer", "nullable": True},
+            "predicted": {"type": ["integer", "null"]},
             "agreed": {"type": "string", "enum": ["yes", "no", "unknown"]},
             "source": {"type": "string", "enum": ["page", "api"],
                        "description": "The drawing page, or an API client."}}},
         "V1Request": {"type": "object", "required": ["instances"], "properties": {
             "instances": _ref("Pixels")}},
+        "PredictRequest": {"type": "object", "required": ["pixels"], "properties": {
+            "pixels": _ref("Pixels")}},
         "V1Response": {"type": "object", "properties": {
             "predictions": {"type": "array", "items": _ref("Prediction")},
             "model_name": {"type": "string"}, "model_version": {"type": "string"}}},
@@ -293,8 +353,7 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                         "type": "array", "items": {"type": "string", "format": "binary"}}}}},
                 "image/png": {"schema": {"type": "string", "format": "binary"}},
                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"type": "object", "required": ["pixels"],
-                                                "properties": {"pixels": _ref("Pixels")}}},
+                "application/json": {"schema": _ref("PredictRequest")},
             }},
             "responses": {"200": _json(_ref("PredictResponse"), "One prediction per image."),
                           **_errors(*WORK_ERRORS, 429)}}},
@@ -323,7 +382,7 @@ def spec(server_version: str = "0") -> dict[str, Any]:
                           **FEEDBACK_REFUSALS, **_errors(*WORK_ERRORS, 429)}}},
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Digits model server",
             "version": server_version,

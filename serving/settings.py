@@ -113,6 +113,12 @@ class ServeSettings(StoreSettings):
         description="Port of the Prometheus /metrics endpoint, apart from the public port "
                     "(0: not served).",
     )
+    grpc_port: int = Field(
+        default=8081, ge=0, le=65535,
+        description="Port of the Open Inference Protocol's gRPC service "
+                    "(inference.GRPCInferenceService; 0: not served). Every worker serves "
+                    "it from its own model, sharing the port (SO_REUSEPORT).",
+    )
     trusted_proxy_hops: int = Field(
         default=0, ge=0,
         description="Proxies in front that append the client's address to X-Forwarded-For; "

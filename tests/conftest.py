@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from components.data import Dataset, Source, build_dataset, load_mnist
+from components.data import Dataset, build_dataset
+from components.datafiles import Source, load_mnist
 from components.registry import Registry
 from components.s3local import LocalS3
 

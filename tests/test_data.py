@@ -13,22 +13,24 @@ import numpy as np
 import pytest
 
 from components.data import (
-    MNIST_FILES,
     SPLITS,
-    DataError,
     Dataset,
-    Source,
     add_feedback,
     build_dataset,
     content_holdout_mask,
-    download_mnist,
     ingest,
+    stratified_indices,
+)
+from components.datafiles import (
+    MNIST_FILES,
+    DataError,
+    Source,
+    download_mnist,
     load_idx,
     load_kaggle_csv,
     load_mnist,
     parse_idx,
     resolve_mnist_dir,
-    stratified_indices,
     write_idx,
 )
 from components.settings import Settings

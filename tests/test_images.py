@@ -307,6 +307,7 @@ def test_serve_image_serves_a_promoted_model(docker, images, tiny_dataset, s3_se
          *[arg for item in s3_server.environ().items() for arg in ("-e", "=".join(item))],
          "-e", f"DIGITS_BUCKET={bucket}", "-e", "DIGITS_POLL_INTERVAL_S=1",
          "-e", f"DIGITS_METRICS_PORT={metrics_port}",
+         "-e", f"DIGITS_GRPC_PORT={_free_port()}",  # host network: 8081 may be taken
          "--entrypoint", command[0], images["serve"], *command[1:]],
         capture_output=True, text=True, timeout=60, check=False)
     assert started.returncode == 0, started.stderr

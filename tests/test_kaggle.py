@@ -24,15 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data import DataError
-from components.kaggle import (
+from components.datafiles import DataError
+from components.kaggle.cli import format_submissions, main
+from components.kaggle.client import submit
+from components.kaggle.job import SubmissionJob, run_submission
+from components.kaggle.submission import (
     EXPECTED_ROWS,
-    SubmissionJob,
-    format_submissions,
-    main,
     predict_submission,
-    run_submission,
-    submit,
     validate_submission,
     write_test_csv,
 )
@@ -372,7 +370,7 @@ def test_predict_uses_the_production_model_from_the_registry(baseline_dir, test_
 
 
 def _images(test_csv: Path) -> np.ndarray:
-    from components.data import load_kaggle_csv
+    from components.datafiles import load_kaggle_csv
 
     return load_kaggle_csv(test_csv, labelled=False)[0]
 

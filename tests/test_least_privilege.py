@@ -22,7 +22,7 @@ from minio.error import S3Error
 
 from components.feedback import FeedbackItem, FeedbackStore, load_feedback
 from components.identities import PIPELINE, SERVING, policy, policy_name
-from components.kaggle import load_submission_model
+from components.kaggle.job import load_submission_model
 from components.models import create_model
 from components.registry import FAILED, POINTER, Registry, RegistryError
 from components.s3local import ADMIN, IAMError, LocalS3, s3_environment
@@ -162,7 +162,7 @@ def test_serving_cannot_read_rejected_versions(s3_server, bucket, model_dir):
 
 def test_serving_archives_and_lists_kaggle_submissions_but_cannot_delete_them(
         s3_server, bucket, model_dir, tmp_path, monkeypatch, capsys):
-    from components.kaggle import main as kaggle_main
+    from components.kaggle.cli import main as kaggle_main
 
     version = registry_as(s3_server, PIPELINE, bucket).promote(model_dir, meta(), "first")
     serving = registry_as(s3_server, SERVING, bucket)

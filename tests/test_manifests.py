@@ -48,9 +48,11 @@ THIRD_PARTY_IMAGES = (MINIO_IMAGE, MC_IMAGE)
 PIPELINE_NAMESPACE_OBJECTS = {("ConfigMap", "kfp-launcher"), ("ConfigMap", "digits-config"),
                               ("Secret", "digits-s3")}
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
+#: Custom resources: Kubernetes' schemas do not know them; tests/test_tune.py validates
+#: Katib's Experiments against Katib's own types and its trial Jobs against Kubernetes';
+#: tests/test_monitoring.py checks the Prometheus Operator's (ServiceMonitor, PrometheusRule).
+CUSTOM_KINDS = {"Experiment", "ServiceMonitor", "PrometheusRule"}
 KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
-#: The Prometheus Operator's custom resources (ServiceMonitor, PrometheusRule).
-OPERATOR_API = "monitoring.coreos.com/"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -113,6 +115,11 @@ def kubeflow(manifests_dir) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def katib(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir / "overlays" / "katib")
+
+
+@pytest.fixture(scope="module")
 def standalone_tls(manifests_dir) -> list[dict[str, Any]]:
     """overlays/standalone with the optional components/minio-tls, as the README shows."""
     overlay = manifests_dir / "test-standalone-tls"
@@ -128,7 +135,7 @@ def monitoring(manifests_dir) -> list[dict[str, Any]]:
     return kustomize(manifests_dir / "overlays" / "monitoring")
 
 
-ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow", "monitoring")
+ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow", "katib", "monitoring")
 #: What a user can render: every entry point, and standalone with TLS.
 RENDERINGS = (*ENTRY_POINTS, "standalone_tls")
 
@@ -165,13 +172,14 @@ def checkov() -> str:
 
 
 @pytest.fixture(scope="module")
-def policy_scan(base, kaggle, standalone, kubeflow, standalone_tls,
+def policy_scan(base, kaggle, standalone, kubeflow, katib, monitoring, standalone_tls,
                 tmp_path_factory) -> dict[str, Any]:
     """One checkov run over every rendered entry point and the known-bad pod."""
     directory = tmp_path_factory.mktemp("policy")
     files = []
     for name, docs in {"base": base, "kaggle": kaggle, "standalone": standalone,
-                       "kubeflow": kubeflow, "standalone-tls": standalone_tls,
+                       "kubeflow": kubeflow, "katib": katib, "monitoring": monitoring,
+                       "standalone-tls": standalone_tls,
                        "known-bad": [KNOWN_BAD]}.items():
         files += ["-f", str(directory / f"{name}.yaml")]
         (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
@@ -328,7 +336,7 @@ def test_kaggle_job_is_optional(base, kaggle):
     container = pod_spec(job)["containers"][0]
     assert container["command"] == ["digits", "kaggle", "run"]
     # The arguments are ones `digits kaggle run` accepts (parsed by the real CLI).
-    from components.kaggle import parser
+    from components.kaggle.cli import parser
 
     parsed = parser().parse_args(["run", *container["args"]])
     assert str(parsed.test) == "/data/test.csv"
@@ -350,8 +358,8 @@ def test_every_object_matches_the_kubernetes_schema(rendered, version):
         version = kubernetes_validate.latest_version()
     errors = []
     for obj in rendered:
-        if obj["apiVersion"].startswith(OPERATOR_API):
-            continue  # no schema offline: tests/test_monitoring.py checks these
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -600,9 +608,14 @@ def test_serving_deployment_runs_the_server(base):
     deployment = find(base, "Deployment", "digits-serving")
     [server] = pod_spec(deployment)["containers"]
     assert server["command"] == ["digits", "serve", "--port", "8080"]
-    # Prometheus metrics on a port of their own (DIGITS_METRICS_PORT's default, 9090).
+    # gRPC and Prometheus metrics on ports of their own (DIGITS_GRPC_PORT's and
+    # DIGITS_METRICS_PORT's defaults).
+    from serving.settings import ServeSettings
+
+    defaults = ServeSettings.model_fields
     assert {p["name"]: p["containerPort"] for p in server["ports"]} == {
-        "http": 8080, "metrics": 9090}
+        "http": 8080, "grpc": defaults["grpc_port"].default,
+        "metrics": defaults["metrics_port"].default}
     assert deployment["spec"]["replicas"] == 2
     assert pod_spec(deployment)["automountServiceAccountToken"] is False
     find(base, "ServiceAccount", pod_spec(deployment)["serviceAccountName"])
@@ -653,10 +666,12 @@ def test_service_selects_the_serving_pods(base):
     assert selector and selector.items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["type"] == "ClusterIP"
-    [port] = service["spec"]["ports"]
-    assert port["port"] == 80
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}, "metrics are not a public port"
     [server] = pod_spec(deployment)["containers"]
-    assert _port(server, port["targetPort"]) == 8080
+    assert ports["http"]["port"] == 80 and _port(server, ports["http"]["targetPort"]) == 8080
+    assert _port(server, ports["grpc"]["targetPort"]) == 8081
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # gRPC: cleartext HTTP/2
     # nothing else in the namespace is picked up by that selector
     others = [w for w in workloads(base) if w is not deployment
               and selector.items() <= pod_labels(w).items()]
@@ -763,8 +778,9 @@ def test_only_the_server_accepts_traffic_and_only_on_its_port(rendered):
         [server] = pod_spec(obj)["containers"]
         ports = {port["name"]: port["containerPort"] for port in server["ports"]}
         assert ingress == [
-            # users: the API port, from anywhere
-            {"ports": [{"protocol": "TCP", "port": ports["http"]}]},
+            # users: the API ports (HTTP, gRPC), from anywhere
+            {"ports": [{"protocol": "TCP", "port": ports["http"]},
+                       {"protocol": "TCP", "port": ports["grpc"]}]},
             # metrics: Prometheus in the `monitoring` namespace only
             {"from": [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "monitoring"}}}],

@@ -84,7 +84,8 @@ def test_long_training_prints_a_tenth_of_its_steps(tmp_path):
 
 def test_a_failed_task_carries_the_exception_line_as_its_reason(tmp_path):
     traceback = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
-                 "components.data.DataError: /tmp/t.csv: line 1: header must be label,pixel0..",
+                 "components.datafiles.DataError: "
+                 "/tmp/t.csv: line 1: header must be label,pixel0..",
                  "", "RuntimeError: the executor failed"][:3]
     router, shown = route(kfp_task("ingest", traceback, status="FAILURE"), tmp_path)
     stage = router.failed_stage()

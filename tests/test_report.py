@@ -403,7 +403,8 @@ def test_feedback_accuracy_is_shown_apart_only_when_the_run_had_feedback(tiny_da
                                                                          evaluations):
     from dataclasses import replace
 
-    from components.data import Source, add_feedback, build_dataset
+    from components.data import add_feedback, build_dataset
+    from components.datafiles import Source
     from components.feedback import FeedbackItem
     from components.models import create_model
     from components.scoring import evaluate

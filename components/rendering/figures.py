@@ -204,7 +204,12 @@ def _digit_palette() -> list:
 
 @_with_style
 def plot_reliability(metrics: Mapping[str, Any], title: str = "Reliability") -> Figure:
-    """Accuracy per confidence bin against the diagonal, gaps shaded, counts beneath."""
+    """Accuracy per confidence bin against the diagonal, gaps shaded, counts beneath.
+
+    A calibrated model's metrics carry the same holdout before calibration
+    (``metrics["uncalibrated"]``): drawn as a line, so the diagram shows what the
+    temperature changed.
+    """
     calibration = metrics["calibration"]
     bins = calibration["bins"]
     fig = _figure(6.2, 5.0)
@@ -220,8 +225,15 @@ def plot_reliability(metrics: Mapping[str, Any], title: str = "Reliability") -> 
             bottom=[b["accuracy"] for b in filled], width=width, align="edge", fill=False,
             hatch="////", edgecolor=BAD_COLOR, linewidth=1.0, label="gap to mean confidence")
     top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
+    before = metrics.get("uncalibrated")
+    if before:
+        points = [b for b in before["calibration"]["bins"] if b["count"]]
+        top.plot([b["confidence"] for b in points], [b["accuracy"] for b in points],
+                 marker="o", ms=4, lw=1.2, color=BAD_COLOR,
+                 label=f"before calibration (ECE {before['ece']:.4f})")
+    scaled = f", T = {before['temperature']:.2f}" if before else ""
     top.set(ylim=(0, 1.02), ylabel="accuracy in bin",
-            title=f"{title}: ECE = {metrics['ece']:.4f} ({calibration['n_bins']} bins)")
+            title=f"{title}: ECE = {metrics['ece']:.4f} ({calibration['n_bins']} bins{scaled})")
     top.legend(loc="upper left", fontsize=9)
     counts = [b["count"] for b in bins]
     bottom.bar(lower, counts, width=width, align="edge", color="0.55", edgecolor="white")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from components.contract import METRICS_FILE, REPORT_FILE, ModelEvaluation, dumps, to_jsonable
-from components.data import write_atomically
+from components.datafiles import write_atomically
 from components.metrics import DIGITS, mcnemar_test
 from components.rendering.figures import (
     MODEL_COLORS,

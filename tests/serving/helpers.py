@@ -88,3 +88,18 @@ def v2_body(images: np.ndarray, *, datatype: str = "UINT8", nested: bool = False
     shape = list(images.shape) if nested else [len(images), 784]
     return {"inputs": [{"name": "images", "shape": shape, "datatype": datatype,
                         "data": data}], **extra}
+
+
+def schema_validator(spec: dict[str, Any], name: str):
+    """A JSON Schema (draft 2020-12, OpenAPI 3.1's) validator of the OpenAPI document's
+    ``#/components/schemas/<name>``, references resolved in the document itself (some
+    schemas are recursive, so they cannot be inlined)."""
+    import jsonschema
+    import referencing
+    from referencing.jsonschema import DRAFT202012
+
+    base = "urn:digits:openapi"
+    resource = referencing.Resource.from_contents(spec, default_specification=DRAFT202012)
+    registry = referencing.Registry().with_resource(base, resource)
+    return jsonschema.Draft202012Validator({"$ref": f"{base}#/components/schemas/{name}"},
+                                           registry=registry)

@@ -47,6 +47,20 @@ def test_arguments_and_server(monkeypatch):
     assert server.http1_settings.header_read_timeout == 4000
 
 
+def test_grpc_port_arguments(monkeypatch):
+    monkeypatch.delenv("DIGITS_METRICS_PORT", raising=False)
+    assert cli.main(["--port", "9000", "--grpc-port", "9000"]) == 2, "one port for both"
+    assert cli.main(["--port", "9000", "--grpc-port", "9090"]) == 2, "the metrics port"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.port_taken("127.0.0.1", port)
+        assert cli.main(["--host", "127.0.0.1", "--grpc-port", str(port)]) == 2
+    assert cli.port_taken("127.0.0.1", port) is None
+    assert ServeSettings(grpc_port=0).grpc_port == 0  # 0: not served
+
+
 def test_metrics_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     with cli.metrics_directory() as directory:
@@ -79,9 +93,11 @@ METRICS_PORTS: dict[int, int] = {}
 
 def start_serve(port: int, env: dict[str, str], log: Path, workers: int = 2
                 ) -> subprocess.Popen:
-    """``digits serve`` on ``port``, its metrics on a free port of their own."""
+    """``digits serve`` on ``port``, its metrics (and gRPC, unless ``env`` names a port for
+    it) on free ports of their own: never the defaults, which another server may hold."""
     METRICS_PORTS[port] = free_port()
-    env = {**env, "DIGITS_METRICS_PORT": str(METRICS_PORTS[port])}
+    env = {"DIGITS_GRPC_PORT": str(free_port()), **env,
+           "DIGITS_METRICS_PORT": str(METRICS_PORTS[port])}
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving.helpers import png_bytes
+from tests.serving.helpers import png_bytes, schema_validator
 
 INFER = "/v2/models/digits/infer"
 V1 = "/v1/models/digits:predict"
@@ -240,25 +240,11 @@ def test_a_405_names_the_allowed_methods(served):
 # --------------------------------------------------------------------------- the OpenAPI schema
 
 
-def _inline(node, components):
-    """The schema with every ``#/components/schemas/X`` reference replaced by X."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            return _inline(components[node["$ref"].rsplit("/", 1)[1]], components)
-        return {key: _inline(value, components) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_inline(item, components) for item in node]
-    return node
-
-
 @pytest.fixture(scope="module")
 def request_schema(served):
-    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("jsonschema")
     _, client, _, _ = served
-    spec = client.get("/openapi.json").json
-    schema = _inline(spec["components"]["schemas"]["InferenceRequest"],
-                     spec["components"]["schemas"])
-    return jsonschema.Draft4Validator(schema)
+    return schema_validator(client.get("/openapi.json").json, "InferenceRequest")
 
 
 VALID = [
@@ -280,8 +266,8 @@ def test_requests_valid_by_the_schema_are_accepted(served, request_schema, body)
 def test_requests_the_schema_rejects_are_rejected_by_the_server(served, request_schema):
     """Every malformed JSON request above that the schema can see as invalid is refused.
 
-    (The reverse cannot hold for everything: "data has as many values as the shape
-    needs" or "pixels lie in 0..255" are beyond what a JSON Schema can state.)
+    (The reverse is tests/serving/test_serving_openapi.py's: "data has as many values
+    as the shape needs" is beyond what a JSON Schema can state.)
     """
     _, client, _, _ = served
     bodies = []
