@@ -29,6 +29,7 @@ from tests.serving.helpers import promote, serving_environ, v2_body  # noqa: E40
 from tests.serving.test_serving_cli import (  # noqa: E402
     clean_env,
     free_port,
+    metrics_text,
     model_info,
     request,
     start_serve,
@@ -137,6 +138,23 @@ def test_500_test_digits_over_grpc_answer_as_http_does(served, trained, mnist):
     http = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
     np.testing.assert_array_equal(predicted, http["label"])
     assert np.mean(predicted == labels) > 0.8  # XGBoost on 600 digits scores ~0.85 here
+
+
+def test_grpc_predictions_are_recorded_as_http_ones_are(served, tiny_dataset):
+    """The drift metrics are taken where every prediction passes (DigitsModel.predict)."""
+    import re
+
+    version = served["version"]
+
+    def classified() -> float:
+        text = metrics_text(served["port"])
+        return sum(float(value) for value in re.findall(
+            rf'^digits_predicted_class_total{{class="\d",version="{version}"}} (\S+)$', text,
+            re.M))
+
+    before = classified()
+    served["client"].infer(MODEL, [images_input(tiny_dataset.x_holdout[:37])])
+    wait_for(lambda: classified() == before + 37, 30, "37 more images recorded")
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "INT64", "FP32", "FP16", "FP64", "UINT16"])
