@@ -27,6 +27,7 @@ from tests.serving.test_serving_cli import (
     METRICS_PORTS,
     clean_env,
     free_port,
+    model_info,
     request,
     start_serve,
     stop_serve,
@@ -81,6 +82,7 @@ def test_prometheus_scrapes_digits_serve_and_evaluates_every_rule(
              f"--web.listen-address=127.0.0.1:{web}"], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 60, "ready")
+        wait_for(lambda: len(model_info(port)) == 2, 30, "both workers loaded")
         body = json.dumps(v2_body(tiny_dataset.x_holdout[:8])).encode()
         for _ in range(5):
             assert request(port, "POST", "/v2/models/digits/infer", body)[0] == 200
