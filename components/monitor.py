@@ -219,6 +219,19 @@ def read_windows(registry: Any, version: str, *, since: datetime | None = None,
     return windows[::-1]
 
 
+def purge_payloads(registry: Any, older_than: timedelta) -> int:
+    """Delete every payload window (any version) sampled before ``older_than`` ago; return
+    how many. Sampled requests are users' inputs: they are kept no longer than needed."""
+    cutoff = _stamp(datetime.now(timezone.utc) - older_than)
+    doomed = [obj.object_name for obj in registry.client.list_objects(
+        registry.bucket, prefix=f"{PAYLOADS}/", recursive=True)
+        if obj.object_name.endswith(WINDOW_SUFFIX)
+        and obj.object_name.rsplit("/", 1)[-1] < cutoff]
+    for key in doomed:
+        registry.client.remove_object(registry.bucket, key)
+    return len(doomed)
+
+
 def production_reference(registry: Any, version: str | None = None
                          ) -> tuple[str, dict[str, Any], Reference]:
     """The version to watch (default: production), its metadata and its reference."""
@@ -652,6 +665,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", dest="record", action="store_false",
                    help="do not write the verdict to the registry (monitor/verdict.json)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument("--purge-payloads-older-than", type=float, metavar="DAYS",
+                   help="also delete payload windows sampled more than DAYS ago (retention: "
+                        "they are users' inputs)")
     p.add_argument("--trigger", action="store_true",
                    help="when the verdict says retrain, start a pipeline run: on the KFP API "
                         "at --host, else locally (kfp.local); at most one per --cooldown")
@@ -681,6 +697,9 @@ def main(argv: list[str] | None = None) -> int:
         except MonitorError as error:
             print(f"digits monitor: {error}", file=sys.stderr)
             return 2
+        if args.purge_payloads_older_than is not None:
+            verdict["payloads_purged"] = purge_payloads(
+                registry, timedelta(days=args.purge_payloads_older_than))
         if args.trigger:
             runner, start = starter(args)
             verdict["trigger"] = trigger(registry, verdict, start, runner=runner,

@@ -28,7 +28,7 @@ from components.monitor import (
     read_windows,
 )
 from components.train import reference_for
-from components.watch import VERDICT_KEY, Reference, Window
+from components.watch import VERDICT_KEY, Reference, Window, window_key
 from tests.serving.helpers import make_app, operator_registry, v2_body
 
 #: Small windows keep the test cheap; the bench measures the real sizes.
@@ -166,6 +166,24 @@ def test_the_command(s3_server, make_registry, referenced, trained, unseen, tmp_
     out = capsys.readouterr().out
     assert "no drift on 240 sampled images" in out and "embedding" in out
     assert (tmp_path / "r.html").exists() and registry.read(VERDICT_KEY) is not None
+
+
+def test_old_payload_windows_are_purged(s3_server, make_registry, referenced, unseen):
+    from components.monitor import purge_payloads
+
+    registry = make_registry()
+    version = registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    s3_server.grant(registry.bucket)
+    operator = operator_registry(s3_server, registry.bucket)
+    window = Window(version, unseen[:3], np.zeros(3, int), np.ones(3, np.float32),
+                    np.arange(3.0)).to_bytes()
+    old, new = datetime.now(timezone.utc) - timedelta(days=40), datetime.now(timezone.utc)
+    for moment in (old, new):
+        operator._put(window_key(version, moment), window)
+    operator._put(window_key("other-version", old), window)
+    assert purge_payloads(operator, timedelta(days=30)) == 2
+    [kept] = read_windows(operator, version)
+    assert len(kept) == 3 and kept.key.split("/")[-1] > old.strftime("%Y%m%d")
 
 
 def test_planted_windows_are_skipped_not_trusted(s3_server, make_registry, referenced,
