@@ -17,10 +17,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
-from components.watch import CENTER_BUCKETS, CONFIDENCE_BUCKETS, INK_BUCKETS
-
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -36,6 +32,8 @@ class Metrics:
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+
+        from components.watch import CENTER_BUCKETS, CONFIDENCE_BUCKETS, INK_BUCKETS
 
         self.multiprocess = multiprocess_dir() is not None
         # In multiprocess mode samples are collected from files, not from a registry.
@@ -151,7 +149,7 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def observe_counts(child: Any, counts: np.ndarray | int, total: float) -> None:
+def observe_counts(child: Any, counts: Any, total: float) -> None:
     """Add many observations at once to a Histogram (``counts`` per bucket, +Inf last) or
     Summary (``counts`` an int) child: what ``observe`` would do for each value, in a few
     increments instead of one per image.
@@ -159,9 +157,12 @@ def observe_counts(child: Any, counts: np.ndarray | int, total: float) -> None:
     ``prometheus_client`` has no public bulk observe; this uses the per-bucket values
     ``observe`` itself increments (``_buckets``, ``_sum``, ``_count``), and
     ``tests/serving/test_watch.py`` checks it against ``observe`` value by value.
+
+    Nothing here imports numpy at module level: ``digits serve`` imports this module
+    before it sets ``OMP_NUM_THREADS`` for the workers it forks, and numpy's BLAS sizes
+    its thread pool when first imported.
     """
     if hasattr(child, "_buckets"):
-        counts = np.asarray(counts)
         if len(counts) != len(child._buckets):
             raise ValueError(f"{len(counts)} counts for {len(child._buckets)} buckets")
         for value, count in zip(child._buckets, counts, strict=True):

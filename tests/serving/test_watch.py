@@ -200,3 +200,16 @@ def test_a_broken_reference_costs_only_the_embedding(s3_server, make_registry, r
                                       json=v2_body(tiny_dataset.x_holdout[:2])).status_code == 200
     finally:
         server.model.stop()
+
+
+def test_digits_serve_imports_no_numpy_before_it_sizes_thread_pools():
+    """``digits serve`` sets OMP_NUM_THREADS for the workers it forks; numpy's BLAS sizes
+    its pool when first imported, so the main process must not import numpy before then
+    (the watch's per-request matrix product would otherwise run on every core)."""
+    import subprocess
+    import sys
+
+    check = subprocess.run([sys.executable, "-c", "import sys, serving.cli; "
+                            "print('numpy' in sys.modules)"], capture_output=True, text=True,
+                           check=True, timeout=60)
+    assert check.stdout.strip() == "False"
