@@ -273,12 +273,19 @@ def test_the_real_server_samples_what_the_monitor_judges(s3_server, make_registr
 
 @pytest.mark.slow
 def test_trigger_starts_exactly_one_local_run_then_cools_down(
-        s3_server, make_registry, referenced, unseen, mnist_dir, tmp_path, monkeypatch, capsys):
-    """Drift and enough feedback: ``--trigger`` runs the pipeline locally (kfp.local, a
-    quick baseline-only run that trains on the feedback); a second call within the
-    cooldown starts nothing. The registry records the one run and why."""
+        s3_server, make_registry, referenced, unseen, mnist_dir, tmp_path):
+    """Drift and enough feedback: ``digits monitor --trigger`` runs the pipeline locally
+    (kfp.local, a quick baseline-only run that trains on the feedback); a second call
+    within the cooldown starts nothing. The registry records the one run and why.
+
+    The command runs in a process of its own, as users run it (the pipeline brings
+    kfp and TensorFlow's protobuf into that process, not into the test's)."""
+    import subprocess
+    import sys
+
     from bench.watch import thick
     from components.monitor import TRIGGER_KEY, TRIGGERS
+    from tests.conftest import ROOT
 
     registry = make_registry()
     first = registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
@@ -286,17 +293,20 @@ def test_trigger_starts_exactly_one_local_run_then_cools_down(
     store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
     for image in thick(unseen[:6]):  # thick strokes: not holdout digits, so trained on
         store.add(FeedbackItem.create(image, 4, predicted=4, model_version=version))
-    env = {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")},
+           **s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
            "DIGITS_MNIST_DIR": str(mnist_dir), "DIGITS_HOME": str(tmp_path / "home")}
-    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     flags = ["--trigger", "--json", "--min-feedback", "5", "--window", str(WINDOW),
              "--permutations", "499", "--report", str(tmp_path / "report.html"),
              "--models", "baseline", "--arg", "train_size=1000", "--arg", "min_accuracy=0.5"]
-    assert main(flags) == 0
-    verdict = json.loads(capsys.readouterr().out)
+
+    def monitor_command() -> dict:
+        done = subprocess.run([sys.executable, "-m", "components.cli", "monitor", *flags],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+    verdict = monitor_command()
     assert verdict["drift"] is True and verdict["retrain"] is True
     started = verdict["trigger"]
     assert started["started"] is True and started["run"]["run_id"], started
@@ -312,8 +322,7 @@ def test_trigger_starts_exactly_one_local_run_then_cools_down(
         f"{started['run']['version']}/metadata.json"))["dataset"].get("feedback")
     assert run_feedback and run_feedback["used"] >= 1
 
-    assert main(flags) == 0  # the verdict still says retrain; the cooldown says no
-    again = json.loads(capsys.readouterr().out)["trigger"]
+    again = monitor_command()["trigger"]  # the verdict still says retrain; the cooldown no
     assert again["started"] is False and again["reason"].startswith("cooldown")
     assert {row["version"] for row in operator.list()} == versions
     history = list(operator.client.list_objects(registry.bucket, prefix=f"{TRIGGERS}/"))

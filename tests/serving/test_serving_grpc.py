@@ -141,20 +141,22 @@ def test_500_test_digits_over_grpc_answer_as_http_does(served, trained, mnist):
 
 
 def test_grpc_predictions_are_recorded_as_http_ones_are(served, tiny_dataset):
-    """The drift metrics are taken where every prediction passes (DigitsModel.predict)."""
+    """The drift metrics are taken where every prediction passes (DigitsModel.predict):
+    once the workers have flushed, every image classified (over either transport) is in
+    digits_predicted_class_total."""
     import re
 
-    version = served["version"]
-
-    def classified() -> float:
+    def counts() -> tuple[float, float]:
         text = metrics_text(served["port"])
-        return sum(float(value) for value in re.findall(
-            rf'^digits_predicted_class_total{{class="\d",version="{version}"}} (\S+)$', text,
-            re.M))
+        recorded = sum(float(value) for value in re.findall(
+            r'^digits_predicted_class_total\{class="\d",version="[^"]*"\} (\S+)$', text, re.M))
+        found = re.search(r"^digits_predicted_images_total (\S+)$", text, re.M)
+        return recorded, float(found.group(1)) if found else 0.0
 
-    before = classified()
+    wait_for(lambda: counts()[0] == counts()[1], 30, "earlier predictions recorded")
+    before = counts()[1]
     served["client"].infer(MODEL, [images_input(tiny_dataset.x_holdout[:37])])
-    wait_for(lambda: classified() == before + 37, 30, "37 more images recorded")
+    wait_for(lambda: counts() == (before + 37, before + 37), 30, "37 more images recorded")
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "INT64", "FP32", "FP16", "FP64", "UINT16"])
