@@ -75,6 +75,7 @@ import loadgen  # noqa: E402
 
 from components.datafiles import load_mnist  # noqa: E402
 from components.models import create_model, load_model  # noqa: E402
+from components.watch import REFERENCE_FILE  # noqa: E402
 
 MODEL_NAME = "digits"
 #: Model size: big enough to be a real model, small enough to train in about a minute here.
@@ -143,6 +144,8 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     directory = ROOT / ".digits" / "bench" / f"xgboost-raw-{TRAIN_SIZE}-{ROUNDS}-{DEPTH}"
     info_path = directory / "bench.json"
     if info_path.exists():
+        if not (directory / REFERENCE_FILE).exists():  # cached before references existed
+            with_reference(load_model(directory), directory, x_train, y_train)
         return directory, json.loads(info_path.read_text())["accuracy"]
     log(f"training XGBoost ({ROUNDS} rounds, depth {DEPTH}) on {TRAIN_SIZE} MNIST digits…")
     started = time.perf_counter()
@@ -156,6 +159,7 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
+    with_reference(model, tmp, x_train, y_train)
     (tmp / "bench.json").write_text(json.dumps({"accuracy": accuracy}))
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
@@ -193,16 +197,18 @@ def trained_cnn(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
 
 
 @contextlib.contextmanager
-def our_server(model_dir: Path, workdir: Path, grpc_port: int = 0,
-               kind: str = "xgboost") -> Iterator[int]:
-    """Registry (embedded S3) + ``digits serve`` (gRPC on ``grpc_port``, 0: none) on
-    a ``kind`` model; yields the HTTP port."""
+def our_server(model_dir: Path, workdir: Path, grpc_port: int = 0, kind: str = "xgboost",
+               name: str | None = None, **settings: str) -> Iterator[int]:
+    """Registry (embedded S3) + ``digits serve`` (gRPC on ``grpc_port``, 0: none) on a
+    ``kind`` model, named ``name`` (default: the kind) in its folders and log;
+    ``settings``: extra ``DIGITS_*`` variables. Yields the HTTP port."""
+    name = name or kind
     from minio import Minio
 
     from components.registry import Registry
     from components.s3local import LocalS3
 
-    s3 = LocalS3(workdir / f"s3-{kind}").start()
+    s3 = LocalS3(workdir / f"s3-{name}").start()
     try:
         registry = Registry(Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False,
                                   region="us-east-1"), "bench")
@@ -210,10 +216,11 @@ def our_server(model_dir: Path, workdir: Path, grpc_port: int = 0,
         port = free_port()
         env = {**os.environ, **s3.environ(), "DIGITS_BUCKET": "bench",
                "DIGITS_MODEL_NAME": MODEL_NAME, "DIGITS_POLL_INTERVAL_S": "30",
-               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / f"home-{kind}"),
-               "DIGITS_METRICS_PORT": str(free_port()), "DIGITS_GRPC_PORT": str(grpc_port)}
+               "DIGITS_PREDICT_THREADS": "1", "DIGITS_HOME": str(workdir / f"home-{name}"),
+               "DIGITS_METRICS_PORT": str(free_port()), "DIGITS_GRPC_PORT": str(grpc_port),
+               **settings}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        with (workdir / f"digits-serve-{kind}.log").open("wb") as out:
+        with (workdir / f"digits-serve-{name}.log").open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "serving.cli", "--host", loadgen.LOCALHOST,
                  "--port", str(port)],
@@ -222,7 +229,7 @@ def our_server(model_dir: Path, workdir: Path, grpc_port: int = 0,
         try:
             wait_ready(f"http://{loadgen.LOCALHOST}:{port}/v2/health/ready", process,
                        "digits serve")
-            log(f"digits serve ready on :{port} with {version}")
+            log(f"digits serve ({name}) ready on :{port} with {version}")
             yield port
         finally:
             stop(process)
@@ -386,6 +393,16 @@ def in_process(model_dir: Path, images: np.ndarray, batch: int, duration: float,
     return {"server": server, "batch": batch, "concurrency": 1, "platform": model.platform,
             "rps": len(latencies) / total, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "p99_ms": 1000 * float(np.percentile(latencies, 99)), "errors": 0}
+
+
+def with_reference(model, directory: Path, x_train, y_train) -> None:
+    """The drift reference the train stage stores with every model, so the server does
+    all its per-request watch work (the PCA embedding too) as in production."""
+    from components.watch import build_reference
+
+    held_out = x_train[TRAIN_SIZE:TRAIN_SIZE + 2000]  # digits it was not trained on
+    build_reference(x_train[:TRAIN_SIZE], y_train[:TRAIN_SIZE], held_out,
+                    model.predict_proba(held_out)).save(directory)
 
 
 def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: int,
@@ -576,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cnn-dir", type=Path,
                         help="a CNN model directory with its inference form (e.g. a "
                         "downloaded production version; default: train one, cached)")
+    parser.add_argument("--watch-cost", action="store_true",
+                        help="also run digits serve with DIGITS_WATCH=false (no per-request "
+                             "drift statistics, no payload sample) and compare, cell by cell")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -593,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port = 0 if args.no_grpc else free_port()
         ours = stack.enter_context(our_server(model_dir, workdir, grpc_port))
         theirs = stack.enter_context(mlserver(model_dir, workdir, venv)) if venv else None
+        unwatched = (stack.enter_context(our_server(model_dir, workdir, name="nowatch",
+                                                    DIGITS_WATCH="false"))
+                     if args.watch_cost else None)
 
         reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
         ours_p = probabilities(ours, our_body(images[:64]))
@@ -609,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         # Both servers get the same untimed warm-up first: right after start-up one of
         # them may still be finishing its own start (imports, first-call paths), and
         # the first cell measured would pay for it.
-        for port, body in ((ours, our_body), (theirs, mlserver_body)):
+        for port, body in ((ours, our_body), (theirs, mlserver_body), (unwatched, our_body)):
             if port:
                 for batch in batches:
                     loadgen.run(port, request_pool(images, batch, body, port), concurrency=4,
@@ -625,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
                 # Alternate the servers cell by cell, so background load hits both alike.
                 rows.append(measure("digits", ours, our_pool, batch, concurrency,
                                     args.duration))
+                if unwatched:
+                    rows.append(measure("unwatched", unwatched,
+                                        request_pool(images, batch, our_body, unwatched),
+                                        batch, concurrency, args.duration))
                 if theirs:
                     rows.append(measure("mlserver", theirs, their_pool, batch, concurrency,
                                         args.duration))
@@ -664,6 +691,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\nSlow clients (a byte every 2 s, or idle) while a good client asks, "
               "2 s timeout:\n" + hostile_markdown(hostile))
         rows += hostile
+    if args.watch_cost:
+        print("\nCost of recording what the server sees (DIGITS_WATCH on vs off, same run):")
+        cells = {(r["server"], r["batch"], r["concurrency"]): r for r in rows
+                 if "rps" in r and not r.get("overload")}
+        for (server, batch, concurrency), row in sorted(cells.items()):
+            off = cells.get(("unwatched", batch, concurrency))
+            if server == "digits" and off:
+                print(f"  batch {batch:3d} x{concurrency:<3d} req/s {row['rps'] / off['rps']:.2f}x"
+                      f"  p50 {row['p50_ms'] / off['p50_ms']:.2f}x"
+                      f"  p99 {row['p99_ms'] / off['p99_ms']:.2f}x  (watched / unwatched)")
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

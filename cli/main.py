@@ -25,6 +25,7 @@ STAGES = {
     "kaggle": "components.kaggle.cli",
     "feedback": "components.feedback",
     "tune": "components.tune",
+    "monitor": "pipelines.monitor",
 }
 STAGE_HELP = {
     "report": "render a run's report, or re-render a stored version's (digits report VERSION)",
@@ -32,6 +33,8 @@ STAGE_HELP = {
     "feedback": "list or purge the digits users labelled (digits feedback list|purge)",
     "tune": "search a family's settings on train/validation; write a params file for "
             "digits run --params (digits tune --family xgboost --budget 5)",
+    "monitor": "judge production's recent inputs against its training reference: drift, "
+               "feedback accuracy, whether to retrain (--json, an HTML report)",
 }
 
 

@@ -13,11 +13,14 @@ IAM policy documents, the form MinIO, AWS and SeaweedFS all accept:
     tasks and the feedback purge run as it.
 ``serving``
     The serving pods and the Kaggle job (same image, same identity): read the
-    production pointer and ``versions/*``, write ``feedback/*`` and
-    ``submissions/*``, list and read ``submissions/`` (``digits kaggle list``).
+    production pointer, ``versions/*`` and the monitor's verdict
+    (``monitor/verdict.json``), write ``feedback/*``, ``submissions/*`` and
+    ``payloads/*`` (the sampled requests), list and read ``submissions/``
+    (``digits kaggle list``).
     No delete anywhere, no write to the pointer or to ``versions/``, no read of
-    ``feedback/`` or ``failed/``: holding these credentials, one can read the
-    production model and add feedback or submissions, never change production.
+    ``feedback/``, ``payloads/`` or ``failed/``: holding these credentials, one can
+    read the production model and add feedback, submissions or payload samples, never
+    change production.
 
 The store's root account only creates the bucket and the two users; nothing
 runs as it.
@@ -38,6 +41,7 @@ from typing import Any
 
 from components.feedback import PREFIX as FEEDBACK
 from components.registry import POINTER, SUBMISSIONS, VERSIONS
+from components.watch import PAYLOADS, VERDICT_KEY
 
 PIPELINE, SERVING = "pipeline", "serving"
 IDENTITIES = (PIPELINE, SERVING)
@@ -79,10 +83,18 @@ def policy(identity: str, buckets: Iterable[str]) -> dict[str, Any]:
                 "Resource": _objects(buckets, POINTER, f"{VERSIONS}/*"),
             },
             {
-                "Sid": "WriteFeedbackAndSubmissions",
+                # The latest drift verdict, which the servers export for the alerts.
+                "Sid": "ReadMonitorVerdict",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": _objects(buckets, VERDICT_KEY),
+            },
+            {
+                "Sid": "WriteFeedbackSubmissionsAndPayloads",
                 "Effect": "Allow",
                 "Action": ["s3:PutObject"],
-                "Resource": _objects(buckets, f"{FEEDBACK}/*", f"{SUBMISSIONS}/*"),
+                "Resource": _objects(buckets, f"{FEEDBACK}/*", f"{SUBMISSIONS}/*",
+                                     f"{PAYLOADS}/*"),
             },
             {
                 # `digits kaggle list`: the archive is the Kaggle job's own output.

@@ -18,6 +18,7 @@ from components import progress
 from components.argparsing import key_value, make_parser
 from components.data import Dataset
 from components.models import MODEL_KINDS, DigitModel, create_model
+from components.watch import Reference, build_reference
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,20 @@ def run_for_kfp(kind: str, dataset_path: str, model_artifact, metrics_artifact,
 
 def run_train(kind: str, dataset_dir: Path, output: Path, **params: Any) -> dict[str, Any]:
     """The train stage: fit ``kind`` on the dataset, save it to ``output``; return its facts."""
-    model, info = train(kind, Dataset.load(Path(dataset_dir)), **params)
+    dataset = Dataset.load(Path(dataset_dir))
+    model, info = train(kind, dataset, **params)
     model.save(output, **info)
+    reference_for(model, dataset).save(output)
     return info
+
+
+def reference_for(model: DigitModel, dataset: Dataset) -> Reference:
+    """The drift reference of a trained model, saved beside it so it travels with the
+    version into the registry and production (:mod:`components.watch`): the embedding
+    is fitted on the training digits, the distributions are the model's on validation."""
+    return build_reference(dataset.x_train, dataset.y_train, dataset.x_validation,
+                           model.predict_proba(dataset.x_validation),
+                           seed=int(dataset.manifest.get("seed") or 0))
 
 
 def main(argv: list[str] | None = None) -> int:

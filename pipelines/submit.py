@@ -44,10 +44,12 @@ def submit(host: str, experiment: str, arguments: dict[str, Any], *,
 EXPERIMENT = "digits-retraining"
 
 
-def add_kfp_options(parser: argparse.ArgumentParser) -> None:
-    """The flags every command that talks to a KFP API shares (submit, schedule)."""
-    parser.add_argument("--host", required=True,
-                        help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
+def add_kfp_options(parser: argparse.ArgumentParser, *, host_required: bool = True) -> None:
+    """The flags every command that talks to a KFP API shares (submit, schedule, and
+    monitor --trigger, for which ``--host`` is optional: without it the run is local)."""
+    parser.add_argument("--host", required=host_required,
+                        help="KFP API, e.g. http://ml-pipeline.kubeflow:8888"
+                             + ("" if host_required else " (default: run locally)"))
     parser.add_argument("--experiment", default=EXPERIMENT)
     parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     parser.add_argument("--package", type=Path, default=COMPILED)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Give a bare Debian CI machine what the Docker and browser test groups need:
-# the Docker engine (started here), debootstrap for the base image, Chromium, and checkov
-# (the policy tests).
+# the Docker engine (started here), debootstrap for the base image, Chromium, Prometheus
+# with promtool (the alert-rule tests), and checkov (the policy tests).
 # Idempotent: installs only what is missing. Needs root.
 set -euo pipefail
 
@@ -10,6 +10,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

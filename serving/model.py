@@ -40,9 +40,11 @@ import numpy as np
 from components.models import DigitModel, load_model
 from components.registry import Pointer, Registry
 from components.stem import IMAGE_SIDE, NUM_CLASSES
+from components.watch import Reference
 from serving.batching import Batcher
 from serving.metrics import Metrics
 from serving.settings import ServeSettings
+from serving.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class LoadedModel:
     metadata_sha256: str
     loaded_at: float
     directory: Path
+    #: The version's training reference (``None`` for a version stored without one).
+    reference: Reference | None = None
 
     @property
     def platform(self) -> str:
@@ -118,6 +122,8 @@ class DigitsModel:
         concurrent = settings.concurrency > 1
         self._batcher = Batcher(metrics) if settings.batching and concurrent else None
         self.last_error: str | None = None
+        #: Records what every prediction saw (metrics, payload sample); None when disabled.
+        self.watch = Watch(settings, metrics, lambda: self.registry) if settings.watch else None
 
     # ------------------------------------------------------------------ state
 
@@ -186,11 +192,23 @@ class DigitsModel:
                 )
             model.set_threads(self.settings.predict_threads)
             self._smoke_test(pointer.version, model)
+            reference = self._reference(pointer.version, directory / "model")
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return LoadedModel(pointer.version, model.kind, model, metadata,
-                           pointer.metadata_sha256, time.time(), directory)
+                           pointer.metadata_sha256, time.time(), directory, reference)
+
+    @staticmethod
+    def _reference(version: str, directory: Path) -> Reference | None:
+        """The version's training reference; a broken one only costs the embedding metrics
+        (the model itself passed every check), so it is logged, not refused."""
+        try:
+            return Reference.load(directory)
+        except ValueError as error:
+            log.warning("%s: no drift embedding: %s", version, error,
+                        extra={"event": "reference_refused", "version": version})
+            return None
 
     @staticmethod
     def _smoke_test(version: str, model: DigitModel) -> None:
@@ -274,6 +292,8 @@ class DigitsModel:
             if self.metrics is not None:
                 self.metrics.forward_batch.observe(len(images))
             proba = loaded.predict_proba(images)
+        if self.watch is not None:
+            self.watch.observe(loaded, images, proba)
         return Prediction(loaded.version, loaded.kind, proba)
 
     # ------------------------------------------------------------------ polling
@@ -294,6 +314,8 @@ class DigitsModel:
                                             name="digits-model-poller", daemon=True)
             self._poller_pid = os.getpid()
             self._poller.start()
+        if self.watch is not None:
+            self.watch.start()
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
@@ -309,6 +331,8 @@ class DigitsModel:
         if self._poller is not None and self._poller_pid == os.getpid():
             self._poller.join(timeout=5)
         self._poller_pid = None
+        if self.watch is not None:
+            self.watch.stop()  # writes the partial payload windows
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

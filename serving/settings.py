@@ -166,6 +166,28 @@ class ServeSettings(StoreSettings):
                     "address; unset, one derived from DIGITS_S3_SECRET_KEY (the same on every "
                     "worker and replica).",
     )
+    watch: bool = Field(
+        default=True,
+        description="Record what every prediction sees (predicted classes, confidence, ink, "
+                    "centre of mass, embedding) as per-version metrics, and sample payloads.",
+    )
+    payload_sample: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Share of classified images kept as a payload sample in the registry "
+                    "(payloads/<version>/), which `digits monitor` reads back (0: none).",
+    )
+    payload_max_per_hour: int = Field(
+        default=3600, ge=0,
+        description="Most payload images one worker keeps per clock hour, whatever the rate.",
+    )
+    payload_window: int = Field(
+        default=200, gt=0,
+        description="Sampled images per payload window file.",
+    )
+    payload_window_s: float = Field(
+        default=300.0, gt=0,
+        description="A partial payload window is written once its first image is this old.",
+    )
     model_cache_dir: Path | None = Field(
         default=None,
         description="Where workers unpack downloaded models; unset means a private temp dir.",

@@ -26,6 +26,7 @@ from components.kaggle.job import load_submission_model
 from components.registry import FAILED, POINTER, Registry, RegistryError
 from components.s3local import ADMIN, IAMError, LocalS3, s3_environment
 from components.settings import StoreSettings
+from components.watch import PAYLOADS, VERDICT_KEY, Window
 from serving.model import DigitsModel
 from serving.settings import ServeSettings
 
@@ -237,6 +238,41 @@ def test_the_server_loads_production_and_rolls_over_with_serving_rights(
     s3_server.client(ADMIN).put_object(bucket, POINTER, io.BytesIO(raw), len(raw))
     assert model.load(force=True) is False
     assert model.current.version == second and "refusing version name" in model.last_error
+
+
+def test_the_server_writes_payload_windows_it_cannot_read_back(
+        s3_server, bucket, model_dir, tiny_dataset, tmp_path, monkeypatch):
+    """The sampled requests land under payloads/ as the serving identity; only the pipeline
+    identity (``digits monitor``) may list and read them. The monitor's verdict is the one
+    key there serving may read, and it may not write it."""
+    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
+        monkeypatch.delenv(key)
+    settings = settings_as(s3_server, SERVING, bucket, ServeSettings, poll_interval_s=3600,
+                           model_cache_dir=tmp_path / "cache", payload_sample=1.0,
+                           payload_window=4)
+    pipeline = registry_as(s3_server, PIPELINE, bucket)
+    version = pipeline.promote(model_dir, meta(), "first")
+    model = DigitsModel(settings)
+    assert model.load() is True
+    images = tiny_dataset.x_holdout[:6]
+    model.predict(images)
+    model.stop()  # flushes: one full window of 4 images and the partial one of 2
+    keys = sorted(obj.object_name for obj in pipeline.client.list_objects(
+        bucket, prefix=f"{PAYLOADS}/{version}/"))
+    windows = [Window.from_bytes(pipeline.read(key), key) for key in keys]
+    assert sum(len(w) for w in windows) == 6 and {w.version for w in windows} == {version}
+    assert np.array_equal(Window.concat(windows).images, images)
+    serving = registry_as(s3_server, SERVING, bucket)
+    for call in (
+        lambda: serving.read(keys[0]),
+        lambda: list(serving.client.list_objects(bucket, prefix=f"{PAYLOADS}/")),
+        lambda: serving.client.remove_object(bucket, keys[0]),
+        lambda: serving._put(VERDICT_KEY, b"{}"),
+    ):
+        denied(call)
+    assert serving.read(VERDICT_KEY) is None  # allowed to look; there is none yet
+    pipeline._put(VERDICT_KEY, b'{"drift": false}')
+    assert serving.read(VERDICT_KEY) == b'{"drift": false}'
 
 
 # --------------------------------------------------------------------------- digits run / serve

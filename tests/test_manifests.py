@@ -51,8 +51,9 @@ POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 #: Objects the user creates by hand, as components/minio-tls tells them to (certificates).
 CREATED_BY_HAND = {("Secret", "digits-minio-tls"), ("ConfigMap", "digits-s3-ca")}
 #: Custom resources: Kubernetes' schemas do not know them; tests/test_tune.py validates
-#: Katib's Experiments against Katib's own types and its trial Jobs against Kubernetes'.
-CUSTOM_KINDS = {"Experiment"}
+#: Katib's Experiments against Katib's own types and its trial Jobs against Kubernetes';
+#: tests/test_monitoring.py checks the Prometheus Operator's (ServiceMonitor, PrometheusRule).
+CUSTOM_KINDS = {"Experiment", "ServiceMonitor", "PrometheusRule"}
 KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
 
 
@@ -131,7 +132,12 @@ def standalone_tls(manifests_dir) -> list[dict[str, Any]]:
     return kustomize(overlay)
 
 
-ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow", "katib")
+@pytest.fixture(scope="module")
+def monitoring(manifests_dir) -> list[dict[str, Any]]:
+    return kustomize(manifests_dir / "overlays" / "monitoring")
+
+
+ENTRY_POINTS = ("base", "kaggle", "standalone", "kubeflow", "katib", "monitoring")
 #: What a user can render: every entry point, and standalone with TLS.
 RENDERINGS = (*ENTRY_POINTS, "standalone_tls")
 
@@ -168,13 +174,14 @@ def checkov() -> str:
 
 
 @pytest.fixture(scope="module")
-def policy_scan(base, kaggle, standalone, kubeflow, katib, standalone_tls,
+def policy_scan(base, kaggle, standalone, kubeflow, katib, monitoring, standalone_tls,
                 tmp_path_factory) -> dict[str, Any]:
     """One checkov run over every rendered entry point and the known-bad pod."""
     directory = tmp_path_factory.mktemp("policy")
     files = []
     for name, docs in {"base": base, "kaggle": kaggle, "standalone": standalone,
-                       "kubeflow": kubeflow, "katib": katib, "standalone-tls": standalone_tls,
+                       "kubeflow": kubeflow, "katib": katib, "monitoring": monitoring,
+                       "standalone-tls": standalone_tls,
                        "known-bad": [KNOWN_BAD]}.items():
         files += ["-f", str(directory / f"{name}.yaml")]
         (directory / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
@@ -559,6 +566,7 @@ S3_KEYS = ("DIGITS_S3_ACCESS_KEY", "DIGITS_S3_SECRET_KEY")
 S3_SECRET_OF = {"Deployment/digits-serving": "digits-s3-serving",
                 "Job/digits-kaggle-submit": "digits-s3-serving",
                 "CronJob/digits-feedback-purge": "digits-s3",
+                "CronJob/digits-monitor": "digits-s3",  # reads payloads/ and feedback/
                 "CronJob/digits-retrain": None}  # it only talks to the KFP API
 
 
@@ -965,7 +973,8 @@ def test_the_committed_policies_are_the_codes(standalone):
     assert actions == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}  # no delete, no '*'
     writable = {resource for statement in serving["Statement"]
                 if "s3:PutObject" in statement["Action"] for resource in statement["Resource"]}
-    assert writable == {f"arn:aws:s3:::{bucket}/feedback/*", f"arn:aws:s3:::{bucket}/submissions/*"}
+    assert writable == {f"arn:aws:s3:::{bucket}/feedback/*", f"arn:aws:s3:::{bucket}/submissions/*",
+                        f"arn:aws:s3:::{bucket}/payloads/*"}
 
 
 STAND_IN_MC = r"""#!/bin/sh

@@ -29,6 +29,7 @@ from tests.serving.helpers import promote, serving_environ, v2_body  # noqa: E40
 from tests.serving.test_serving_cli import (  # noqa: E402
     clean_env,
     free_port,
+    metrics_text,
     model_info,
     request,
     start_serve,
@@ -137,6 +138,25 @@ def test_500_test_digits_over_grpc_answer_as_http_does(served, trained, mnist):
     http = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
     np.testing.assert_array_equal(predicted, http["label"])
     assert np.mean(predicted == labels) > 0.8  # XGBoost on 600 digits scores ~0.85 here
+
+
+def test_grpc_predictions_are_recorded_as_http_ones_are(served, tiny_dataset):
+    """The drift metrics are taken where every prediction passes (DigitsModel.predict):
+    once the workers have flushed, every image classified (over either transport) is in
+    digits_predicted_class_total."""
+    import re
+
+    def counts() -> tuple[float, float]:
+        text = metrics_text(served["port"])
+        recorded = sum(float(value) for value in re.findall(
+            r'^digits_predicted_class_total\{class="\d",version="[^"]*"\} (\S+)$', text, re.M))
+        found = re.search(r"^digits_predicted_images_total (\S+)$", text, re.M)
+        return recorded, float(found.group(1)) if found else 0.0
+
+    wait_for(lambda: counts()[0] == counts()[1], 30, "earlier predictions recorded")
+    before = counts()[1]
+    served["client"].infer(MODEL, [images_input(tiny_dataset.x_holdout[:37])])
+    wait_for(lambda: counts() == (before + 37, before + 37), 30, "37 more images recorded")
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "INT64", "FP32", "FP16", "FP64", "UINT16"])
