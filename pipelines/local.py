@@ -31,7 +31,7 @@ QUICK_ARGUMENTS: dict[str, Any] = {"train_size": 3000, **QUICK_TRAINING, "min_ac
 
 #: The headline metrics a run summary carries per model (the full set is in the report).
 SUMMARY_METRICS = ("n", "accuracy", "accuracy_ci", "top2_accuracy", "log_loss", "mcc", "ece",
-                   "macro_avg", "performance")
+                   "uncalibrated", "macro_avg", "performance")
 #: How tasks execute: in this Python environment, or each in its own container.
 RUNNERS = ("subprocess", "docker")
 #: Where runs that failed are moved, so ``runs/`` holds only runs that finished.
@@ -274,7 +274,8 @@ def run_pipeline(arguments: dict[str, Any], models: Sequence[str] = MODEL_FAMILI
     submitted = next((record for record in submissions if record.get("version") == version
                       and promoted), None)
     models = {
-        name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS}}
+        name: {**row, "metrics": {k: row["metrics"][k] for k in SUMMARY_METRICS
+                                  if k in row["metrics"]}}
         for name, row in decision.candidates.items()
     }
     return {

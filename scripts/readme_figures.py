@@ -258,11 +258,16 @@ def run_figures(summary: dict) -> str:
     cpu_model = _bench().cpu_model
 
     minutes, seconds = divmod(round(summary["wall_seconds"]), 60)
-    rows = ["| model | holdout accuracy | validation accuracy | training |",
-            "| --- | --- | --- | --- |"]
+    rows = ["| model | holdout accuracy | validation accuracy | training | "
+            "holdout ECE, before → after calibration |",
+            "| --- | --- | --- | --- | --- |"]
     for kind, row in summary["models"].items():
+        metrics = row.get("metrics", {})
+        ece = "" if "ece" not in metrics else f"{metrics['ece']:.4f}"
+        if ece and metrics.get("uncalibrated"):
+            ece = f"{metrics['uncalibrated']['ece']:.4f} → {ece}"
         rows.append(f"| {kind} | {row['holdout_accuracy']:.2%} | "
-                    f"{row['validation_accuracy']:.2%} | {row['train_seconds']:.0f} s |")
+                    f"{row['validation_accuracy']:.2%} | {row['train_seconds']:.0f} s | {ece} |")
     gate = summary["gate"]
     return (
         f"Measured with `make readme-figures` (a full `digits run` on all of MNIST) on "

@@ -31,10 +31,11 @@ def test_a_block_is_replaced_between_its_markers_only():
 def test_the_run_table_reports_what_the_run_printed():
     summary = {"wall_seconds": 978.4, "gate": {"decision": "promote", "challenger": "cnn"},
                "models": {"cnn": {"holdout_accuracy": 0.99634, "validation_accuracy": 0.9956,
-                                  "train_seconds": 687.2}}}
+                                  "train_seconds": 687.2,
+                                  "metrics": {"ece": 0.0013, "uncalibrated": {"ece": 0.0901}}}}}
     text = readme_figures.run_figures(summary)
     assert "16 min 18 s wall" in text and "**promote** for cnn" in text
-    assert "| cnn | 99.63% | 99.56% | 687 s |" in text
+    assert "| cnn | 99.63% | 99.56% | 687 s | 0.0901 → 0.0013 |" in text
 
 
 def test_the_readme_holds_every_block_the_commands_write():
