@@ -116,8 +116,11 @@ def test_sigterm_stops_the_command_its_tasks_and_its_s3_store(command, mnist_dir
 def test_sigterm_interrupts_the_children_in_the_group_and_raises_here(tmp_path):
     """Children in this group get Ctrl-C's SIGINT; the caller gets :class:`Stopped`."""
     ready = tmp_path / "ready"
+    # The child takes Ctrl-C as Python does in a terminal, also when this test runs where
+    # SIGINT is ignored (a job started with `&` by a non-interactive shell passes that on).
     child = textwrap.dedent(f"""
-        import pathlib, time
+        import pathlib, signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         pathlib.Path({str(ready)!r}).write_text("")
         try:
             time.sleep(120)
