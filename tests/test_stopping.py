@@ -99,9 +99,9 @@ def test_sigterm_stops_the_command_its_tasks_and_its_s3_store(command, mnist_dir
             os.killpg(weed["pid"], signal.SIGKILL)
 
     assert run.returncode == 128 + signal.SIGTERM, stderr
-    # The command's own last word; a simulation's step workers, interrupted as by Ctrl-C,
-    # may print their KeyboardInterrupt above it.
-    assert said in stderr.strip().splitlines()[-1], stderr
+    # The command's own word; a simulation's step workers, interrupted as by Ctrl-C while
+    # they start, may print their tracebacks above or below it (their stderr is shared).
+    assert any(said in line for line in stderr.splitlines()), stderr
     assert not _alive(weed["pid"]), "weed was left running"
     assert _port_free(port), f"weed's S3 port {port} is still held"
     assert not state.exists() and running_server(home / "s3") is None
