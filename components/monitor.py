@@ -524,21 +524,9 @@ def monitor(registry: Any, *, version: str | None = None, since_hours: float = S
 
 
 def _read_with_etag(registry: Any, key: str) -> tuple[dict[str, Any] | None, str | None]:
-    from minio.error import S3Error
-
+    raw, etag = registry.read_with_etag(key)
     try:
-        response = registry.client.get_object(registry.bucket, key)
-    except S3Error as error:
-        if error.code in ("NoSuchKey", "NoSuchBucket"):
-            return None, None
-        raise
-    try:
-        raw, etag = response.read(), response.headers.get("ETag")
-    finally:
-        response.close()
-        response.release_conn()
-    try:
-        record = json.loads(raw)
+        record = json.loads(raw) if raw is not None else None
     except ValueError:
         record = None  # unreadable: treated as no earlier run (the write below replaces it)
     return (record if isinstance(record, dict) else None), etag

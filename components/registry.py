@@ -341,19 +341,26 @@ class Registry:
         for _ in self._checked_files(metadata):
             pass
 
-    def _read_pointer(self) -> tuple[Pointer | None, str | None]:
-        """The pointer and its ETag (``None, None`` when production is empty)."""
+    def read_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
+        """An object's bytes and its ETag, for a conditional write back (``None, None``
+        when it does not exist)."""
         try:
-            response = self.client.get_object(self.bucket, POINTER)
+            response = self.client.get_object(self.bucket, key)
         except S3Error as error:
             if error.code in ("NoSuchKey", "NoSuchBucket"):
                 return None, None
             raise
         try:
-            raw, etag = response.read(), response.headers.get("ETag")
+            return response.read(), response.headers.get("ETag")
         finally:
             response.close()
             response.release_conn()
+
+    def _read_pointer(self) -> tuple[Pointer | None, str | None]:
+        """The pointer and its ETag (``None, None`` when production is empty)."""
+        raw, etag = self.read_with_etag(POINTER)
+        if raw is None:
+            return None, None
         try:
             return Pointer(**json.loads(raw)), etag
         except (TypeError, ValueError) as error:
