@@ -47,6 +47,23 @@ class Result:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
 
+    def record(self, status: int, latency: float, body: bytes, keep_body: bool) -> None:
+        """One exchange in the measured window: ``status`` 0 when no answer came."""
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status:
+            self.answered.append(latency)
+        if status == 200:
+            self.latencies.append(latency)
+            if keep_body:
+                self.bodies.append(body)
+        else:
+            self.errors += 1
+
+    @property
+    def done(self) -> int:
+        """Exchanges recorded so far, answered or not."""
+        return self.count + self.errors
+
 
 def build_request(path: str, body: bytes, content_type: str = "application/json",
                   port: int = 80, headers: dict[str, str] | None = None) -> bytes:
@@ -111,7 +128,7 @@ async def _client(port: int, requests: list[bytes], offset: int, start: float, s
     connection = Connection(asyncio.get_running_loop(), port)
     index = offset
     try:
-        while time.perf_counter() < stop and result.count + result.errors < max_requests:
+        while time.perf_counter() < stop and result.done < max_requests:
             request = requests[index % len(requests)]
             index += 1
             sent = time.perf_counter()
@@ -120,29 +137,20 @@ async def _client(port: int, requests: list[bytes], offset: int, start: float, s
             except OSError:
                 connection.close()
                 status, body = 0, b""
-            done = time.perf_counter()
-            if sent < start:  # warm-up requests are not counted
-                continue
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if status:
-                result.answered.append(done - sent)
-            if status == 200:
-                result.latencies.append(done - sent)
-                if keep_bodies:
-                    result.bodies.append(body)
-            else:
-                result.errors += 1
+            if sent >= start:  # warm-up requests are not counted
+                result.record(status, time.perf_counter() - sent, body, keep_bodies)
     finally:
         connection.close()
 
 
-async def _run(port: int, requests: list[bytes], concurrency: int, duration: float,
-               warmup: float, max_requests: int, keep_bodies: bool) -> Result:
+async def _drive(client, target, requests: list[bytes], concurrency: int, duration: float,
+                 warmup: float, max_requests: int, keep_bodies: bool) -> Result:
+    """``concurrency`` copies of ``client`` on ``target`` for ``warmup`` + ``duration`` s."""
     result = Result()
     begin = time.perf_counter()
     start, stop = begin + warmup, begin + warmup + duration
     await asyncio.gather(*(
-        _client(port, requests, i * 7, start, stop, max_requests, result, keep_bodies)
+        client(target, requests, i * 7, start, stop, max_requests, result, keep_bodies)
         for i in range(concurrency)))
     result.elapsed = min(time.perf_counter(), stop) - start
     return result
@@ -155,8 +163,8 @@ def run(port: int, requests: list[bytes], *, concurrency: int, duration: float =
     Latency is measured from sending the request to having the whole response,
     so a reconnect (when the server closed the previous connection) counts in it.
     """
-    return asyncio.run(_run(port, requests, concurrency, duration, warmup, max_requests,
-                            keep_bodies))
+    return asyncio.run(_drive(_client, port, requests, concurrency, duration, warmup,
+                              max_requests, keep_bodies))
 
 
 # --------------------------------------------------------------------------- gRPC
@@ -168,22 +176,21 @@ _GRPC_STATUS = {"OK": 200, "INVALID_ARGUMENT": 400, "NOT_FOUND": 404,
                 "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503}
 
 
-async def _grpc_client(target: str, requests: list[bytes], offset: int, start: float,
+async def _grpc_client(port: int, requests: list[bytes], offset: int, start: float,
                        stop: float, max_requests: int, result: Result,
                        keep_bodies: bool) -> None:
     import grpc
 
     # A connection of its own per client, as the HTTP clients have: channels with the
     # same target and options would otherwise share one (and so reach one worker).
-    async with grpc.aio.insecure_channel(
-            target, options=[("grpc.use_local_subchannel_pool", 1),
-                             ("grpc.max_receive_message_length", -1),
-                             ("grpc.max_send_message_length", -1)]) as channel:
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1),
+               ("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(f"{LOCALHOST}:{port}", options=options) as channel:
         await channel.channel_ready()
         # No serializers: the requests are serialized once, up front; answers stay bytes.
         infer = channel.unary_unary(GRPC_INFER)
         index = offset
-        while time.perf_counter() < stop and result.count + result.errors < max_requests:
+        while time.perf_counter() < stop and result.done < max_requests:
             request = requests[index % len(requests)]
             index += 1
             sent = time.perf_counter()
@@ -193,31 +200,8 @@ async def _grpc_client(target: str, requests: list[bytes], offset: int, start: f
                 status = 200
             except grpc.aio.AioRpcError as error:
                 status = _GRPC_STATUS.get(error.code().name, 0)
-            done = time.perf_counter()
-            if sent < start:
-                continue
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if status:
-                result.answered.append(done - sent)
-            if status == 200:
-                result.latencies.append(done - sent)
-                if keep_bodies:
-                    result.bodies.append(body)
-            else:
-                result.errors += 1
-
-
-async def _run_grpc(port: int, requests: list[bytes], concurrency: int, duration: float,
-                    warmup: float, max_requests: int, keep_bodies: bool) -> Result:
-    result = Result()
-    begin = time.perf_counter()
-    start, stop = begin + warmup, begin + warmup + duration
-    target = f"{LOCALHOST}:{port}"
-    await asyncio.gather(*(
-        _grpc_client(target, requests, i * 7, start, stop, max_requests, result, keep_bodies)
-        for i in range(concurrency)))
-    result.elapsed = min(time.perf_counter(), stop) - start
-    return result
+            if sent >= start:
+                result.record(status, time.perf_counter() - sent, body, keep_bodies)
 
 
 def run_grpc(port: int, requests: list[bytes], *, concurrency: int, duration: float = 3.0,
@@ -226,8 +210,8 @@ def run_grpc(port: int, requests: list[bytes], *, concurrency: int, duration: fl
     """:func:`run` over gRPC: ``concurrency`` clients, each on a connection of its own,
     call ``ModelInfer`` on ``127.0.0.1:port`` with pre-serialized ``ModelInferRequest``
     bytes (grpc.aio, closed loop); refusals are counted under their HTTP status."""
-    return asyncio.run(_run_grpc(port, requests, concurrency, duration, warmup, max_requests,
-                                 keep_bodies))
+    return asyncio.run(_drive(_grpc_client, port, requests, concurrency, duration, warmup,
+                              max_requests, keep_bodies))
 
 
 # --------------------------------------------------------------------------- hostile clients

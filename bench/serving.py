@@ -8,11 +8,15 @@ What it does, in one run (about 2-3 minutes on 2 cores; the first run also
 trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
 
 1. trains an XGBoost model on real MNIST (``DIGITS_MNIST_DIR`` or
-   ``../shared/data/mnist``), cached under ``.digits/bench/``;
+   ``../shared/data/mnist``) and writes its inference form as deploy does
+   (the kept trees as ONNX, checked on 2,000 test digits), cached under
+   ``.digits/bench/``;
 2. publishes it to a real registry (an embedded ``weed`` S3 store) and starts
-   ``digits serve`` (granian) on it, exactly as in production;
-3. starts MLServer 1.7 (``mlserver-xgboost``) on the same model file, in its
-   own virtualenv (it pins ``uvloop==0.21.0`` and more);
+   ``digits serve`` (granian) on it, exactly as in production: the trees on
+   onnxruntime;
+3. starts MLServer 1.7 (``mlserver-xgboost``) on the same booster file, in its
+   own virtualenv (it pins ``uvloop==0.21.0`` and more); it has no ONNX
+   runtime, so it serves the booster through XGBoost;
 4. checks that both servers and the in-process model return the same
    probabilities for the same digits;
 5. measures requests/s and p50/p99 latency for single images and 64-image
@@ -27,7 +31,7 @@ trains the model, ~1 minute, and installs MLServer into ``.bench-venv/``):
    on the same digits and cached, or ``--cnn-dir``: e.g. a downloaded
    production version), exported and checked as deploy does, is served by
    ``digits serve`` through onnxruntime and measured end to end (single
-   images and 64-image batches, JSON and binary), beside its in-process
+   images and 64-image batches, JSON, binary and gRPC), beside its in-process
    predict on onnxruntime and on Keras (the framework it was trained in).
 
 MLServer runs in its best configuration measured here: ``parallel_workers=0``
@@ -140,13 +144,25 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
-    """Train (or reuse) the benchmark model; its directory and test accuracy."""
+    """Train (or reuse) the benchmark model with its inference form; directory and accuracy.
+
+    The ONNX export is written and checked as deploy does at promotion, so our
+    server runs what production runs; MLServer serves the booster file itself
+    (it has no ONNX runtime). The two answer the same probabilities (checked
+    before measuring).
+    """
+    from components.export import export_checked
+
     directory = ROOT / ".digits" / "bench" / f"xgboost-raw-{TRAIN_SIZE}-{ROUNDS}-{DEPTH}"
     info_path = directory / "bench.json"
     if info_path.exists():
         if not (directory / REFERENCE_FILE).exists():  # cached before references existed
             with_reference(load_model(directory), directory, x_train, y_train)
-        return directory, json.loads(info_path.read_text())["accuracy"]
+        info = json.loads(info_path.read_text())
+        if "export" not in info:  # cached before the bench served exports
+            info["export"] = export_checked(directory, x_test[:2000])
+            info_path.write_text(json.dumps(info))
+        return directory, info["accuracy"]
     log(f"training XGBoost ({ROUNDS} rounds, depth {DEPTH}) on {TRAIN_SIZE} MNIST digits…")
     started = time.perf_counter()
     # Raw pixels: MLServer serves the booster file alone and cannot deskew, and both
@@ -160,7 +176,8 @@ def trained_model(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
     with_reference(model, tmp, x_train, y_train)
-    (tmp / "bench.json").write_text(json.dumps({"accuracy": accuracy}))
+    record = export_checked(tmp, x_test[:2000])
+    (tmp / "bench.json").write_text(json.dumps({"accuracy": accuracy, "export": record}))
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
     log(f"trained in {time.perf_counter() - started:.0f}s, test accuracy {accuracy:.4f}")
@@ -429,7 +446,7 @@ def markdown(rows: list[dict]) -> str:
     limit = {r["batch"]: r for r in rows if r["server"] == "in-process"}
     lines = ["| batch, concurrency | digits req/s | MLServer req/s | throughput | "
              "digits p99 ms | MLServer p99 ms | p99, MLServer ÷ digits | binary req/s | "
-             "gRPC req/s | gRPC p99 ms | share of in-process limit |",
+             "gRPC req/s | gRPC p99 ms | share of in-process limit: JSON, binary |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in sorted(ours):
         a, b, c, d = ours[key], theirs.get(key), binary.get(key), grpc.get(key)
@@ -440,7 +457,7 @@ def markdown(rows: list[dict]) -> str:
             + (f"{b['p99_ms']:.2f} | {b['p99_ms'] / a['p99_ms']:.2f}× | " if b else "– | – | ")
             + (f"{c['rps']:,.0f} | " if c else "– | ")
             + (f"{d['rps']:,.0f} | {d['p99_ms']:.2f} | " if d else "– | – | ")
-            + (f"{a['rps'] / limit[key[0]]['rps']:.2f}× |" if key[0] in limit else "– |"))
+            + (share(a, c, limit.get(key[0])) + " |"))
     for row in rows:
         if row.get("overload"):
             lines += ["", f"Overload ({row['concurrency']} connections, single images): "
@@ -451,8 +468,18 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def share(json_row: dict, binary_row: dict | None, limit: dict | None) -> str:
+    """Requests/s served as a share of the in-process limit, JSON and (if measured) binary."""
+    if limit is None:
+        return "–"
+    shares = [f"{json_row['rps'] / limit['rps']:.2f}×"]
+    if binary_row is not None:
+        shares.append(f"{binary_row['rps'] / limit['rps']:.2f}×")
+    return ", ".join(shares)
+
+
 #: The CNN's rows: servers as the tables name them.
-CNN_SERVERS = ("cnn", "cnn-bin", "cnn-onnx", "cnn-keras")
+CNN_SERVERS = ("cnn", "cnn-bin", "cnn-grpc", "cnn-onnx", "cnn-keras")
 
 
 def cnn_markdown(rows: list[dict]) -> str:
@@ -471,14 +498,15 @@ def cnn_markdown(rows: list[dict]) -> str:
                      + (f"{b['p50_ms']:.3f} | {a['p50_ms'] / b['p50_ms']:.2f}× |" if b
                         else "– | – |"))
     lines += ["", "| batch, concurrency | JSON req/s | JSON p99 ms | binary req/s | "
-              "binary p99 ms | JSON share of in-process limit |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "binary p99 ms | gRPC req/s | gRPC p99 ms | share of in-process limit: "
+              "JSON, binary |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, batch, concurrency in sorted(key for key in by if key[0] == "cnn"):
         a, b = by[("cnn", batch, concurrency)], by.get(("cnn-bin", batch, concurrency))
+        c = by.get(("cnn-grpc", batch, concurrency))
         lines.append(f"| {batch}, {concurrency} | {a['rps']:,.0f} | {a['p99_ms']:.2f} | "
                      + (f"{b['rps']:,.0f} | {b['p99_ms']:.2f} | " if b else "– | – | ")
-                     + (f"{a['rps'] / limit[batch]['rps']:.2f}× |" if batch in limit
-                        else "– |"))
+                     + (f"{c['rps']:,.0f} | {c['p99_ms']:.2f} | " if c else "– | – | ")
+                     + share(a, b, limit.get(batch)) + " |")
     return "\n".join(lines)
 
 
@@ -709,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cnn_section(args, x_train, y_train, x_test, y_test, levels: list[int],
                 batches: list[int]) -> list[dict]:
-    """The CNN: in process (onnxruntime, Keras), then served end to end, JSON and binary."""
+    """The CNN: in process (onnxruntime, Keras), then served end to end: JSON, binary, gRPC."""
     if args.cnn_dir:
         model_dir = args.cnn_dir
     else:
@@ -722,8 +750,9 @@ def cnn_section(args, x_train, y_train, x_test, y_test, levels: list[int],
     rows = [in_process(model_dir, images, batch, duration, server=server, exported=exported)
             for batch in batches
             for server, exported in (("cnn-onnx", True), ("cnn-keras", False))]
+    grpc_port = 0 if args.no_grpc else free_port()
     with (tempfile.TemporaryDirectory(prefix="digits-bench-cnn-") as workdir,
-          our_server(model_dir, Path(workdir), kind="cnn") as port):
+          our_server(model_dir, Path(workdir), grpc_port, kind="cnn") as port):
         reference = load_model(model_dir).predict_proba(images[:64]).astype(np.float64)
         served = probabilities(port, our_body(images[:64]))
         log(f"same answers: served CNN vs in-process max |diff| "
@@ -740,6 +769,9 @@ def cnn_section(args, x_train, y_train, x_test, y_test, levels: list[int],
                                     args.duration))
                 rows.append(measure("cnn-bin", port, binary_pool, batch, concurrency,
                                     args.duration))
+                if grpc_port:
+                    rows.append(measure("cnn-grpc", grpc_port, grpc_pool(images, batch),
+                                        batch, concurrency, args.duration, grpc=True))
     return rows
 
 

@@ -541,7 +541,7 @@ def trigger(registry: Any, verdict: dict[str, Any], start: Callable[[], dict[str
     write before the run starts, so of two monitors deciding at the same moment
     exactly one starts a run. Every start is kept under ``monitor/triggers/``.
     """
-    from components.registry import ProductionMoved
+    from components.registry import WriteConflict
 
     if not verdict["retrain"]:
         return {"started": False, "reason": f"no retraining called for ({verdict['reason']})"}
@@ -556,8 +556,8 @@ def trigger(registry: Any, verdict: dict[str, Any], start: Callable[[], dict[str
               "reason": verdict["reason"], "verdict_timestamp": verdict["timestamp"],
               "runner": runner, "cooldown_hours": cooldown_hours}
     try:
-        registry._conditional_put(TRIGGER_KEY, json.dumps(record).encode(), etag=etag)
-    except ProductionMoved:
+        registry.write_if_unchanged(TRIGGER_KEY, json.dumps(record).encode(), etag=etag)
+    except WriteConflict:
         return {"started": False,
                 "reason": "another monitor started a run at the same moment"}
     try:

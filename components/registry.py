@@ -59,7 +59,11 @@ class RegistryError(RuntimeError):
     """The registry refused an operation; the message says which and why."""
 
 
-class ProductionMoved(RegistryError):
+class WriteConflict(RegistryError):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class ProductionMoved(WriteConflict):
     """Production is not (or no longer) what the caller judged against: nothing was changed.
 
     Raised when a promotion expected one champion and finds another, and when
@@ -366,24 +370,26 @@ class Registry:
         except (TypeError, ValueError) as error:
             raise RegistryError(f"{POINTER} is unreadable ({error})") from error
 
-    def _conditional_put(self, key: str, data: bytes, *, etag: str | None) -> None:
-        """PUT ``key`` only if it is unchanged since read (``If-Match``) or still absent.
+    def write_if_unchanged(self, key: str, data: bytes, *, etag: str | None,
+                           content_type: str = "application/json") -> None:
+        """PUT ``key`` only if it is unchanged since read (``If-Match``, ``etag`` from
+        :meth:`read_with_etag`) or, with ``etag=None``, still absent; else
+        :class:`WriteConflict` and nothing is written.
 
-        S3 conditional writes (AWS since 2024, MinIO, SeaweedFS 4.x) make the
-        pointer a compare-and-swap: of two racing writers exactly one wins, the
-        other gets 412 and :class:`ProductionMoved`. minio-py 7.2's
-        ``put_object`` cannot send these headers, so this one request goes
-        through the client's own signed-request method.
+        S3 conditional writes (AWS since 2024, MinIO, SeaweedFS 4.x) make this a
+        compare-and-swap: of two racing writers exactly one wins. It is how the
+        production pointer moves and how the monitor claims its cooldown.
+        minio-py 7.2's ``put_object`` cannot send these headers, so this one
+        request goes through the client's own signed-request method.
         """
         condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
-        headers = {"Content-Type": "application/json", **condition}
+        headers = {"Content-Type": content_type, **condition}
         try:
             self.client._execute("PUT", self.bucket, key, body=data, headers=headers)
         except S3Error as error:
             if error.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise ProductionMoved(
-                    "production changed while this change was being made (another run "
-                    "promoted meanwhile); nothing was changed") from None
+                raise WriteConflict(f"{key} changed since it was read; nothing was "
+                                    "written") from None
             raise
 
     def _point(self, version: str, metadata_raw: bytes, reason: str,
@@ -398,7 +404,12 @@ class Registry:
                 {"version": current.version, "updated_at": current.updated_at,
                  "reason": current.reason}, *current.history]
         pointer = Pointer(version, sha256_bytes(metadata_raw), utcnow(), reason, history)
-        self._conditional_put(POINTER, pointer.to_json(), etag=etag)
+        try:
+            self.write_if_unchanged(POINTER, pointer.to_json(), etag=etag)
+        except WriteConflict:
+            raise ProductionMoved(
+                "production changed while this change was being made (another run "
+                "promoted meanwhile); nothing was changed") from None
         log.info("production -> %s (%s)", version, reason)
         return pointer
 

@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 from flask import Flask, g
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
@@ -39,6 +37,7 @@ from serving.metrics import Metrics
 from serving.model import DigitsModel, LoadedModel, ModelNotReady, Prediction
 from serving.openapi import spec as openapi_spec
 from serving.protocol import ApiError
+from serving.ratelimit import RateLimits
 from serving.settings import ServeSettings
 
 SERVER_NAME = "digits-serving"
@@ -63,11 +62,12 @@ def package_version() -> str:
 
 
 class Server:
-    """What the routes share: settings, the model, metrics, the rate limiter."""
+    """What the routes share: settings, the model, metrics, the rate limits."""
 
-    def __init__(self, settings: ServeSettings, limiter: Limiter) -> None:
+    def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.limiter = limiter
+        self.rate_limits = RateLimits(settings.rate_limit_storage, {
+            route: getattr(settings, setting) for route, setting in RATE_LIMITS.items()})
         self.metrics = Metrics()
         self.model = DigitsModel(settings, metrics=self.metrics)
         self.metrics.ready.set(0)
@@ -153,24 +153,17 @@ def server_of(app: Flask) -> Server:
 def create_app(config: ServeSettings | Mapping[str, Any] | None = None) -> Flask:
     """Build the app. ``config``: a :class:`ServeSettings`, or field overrides for one
     (``{"poll_interval_s": 1}``); anything not given comes from ``DIGITS_*``."""
-    from serving.ratelimit import SQLiteStorage  # noqa: F401 (registers sqlite:// with limits)
     from serving.routes import feedback, images, page, v1, v2
 
     settings = _settings(config)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
-    # Before the hooks: a client over its limit is refused before it takes a work slot.
-    limiter = Limiter(get_remote_address, app=app, storage_uri=settings.rate_limit_storage,
-                      headers_enabled=True, strategy="fixed-window")
-    app.extensions[EXTENSION] = Server(settings, limiter)
+    app.extensions[EXTENSION] = Server(settings)
     hooks.install(app, app.extensions[EXTENSION])
     app.url_map.converters["model"] = ModelName
     for module in (v2, v1, images, feedback, page):
         app.register_blueprint(module.blueprint)
-    for endpoint, limit in RATE_LIMITS.items():
-        app.view_functions[endpoint] = limiter.limit(getattr(settings, limit))(
-            app.view_functions[endpoint])
     if settings.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app,  # type: ignore[method-assign]
                                 x_for=settings.trusted_proxy_hops)

@@ -5,6 +5,9 @@ route (and no blueprint added later) can answer without them:
 
 * **refusals from the transport** (:mod:`serving.front`): a body too large or
   too slow is answered 413 / 408 here, like any other error;
+* **rate limits** per client on the routes that have one
+  (:class:`serving.ratelimit.RateLimits`), counted before the request takes
+  a work slot: ``429`` with ``Retry-After`` past the limit;
 * **admission**: work (every POST) takes one of the worker's
   ``DIGITS_CONCURRENCY`` slots. A request that cannot get one before it has
   waited ``DIGITS_MAX_WAIT_MS`` since it arrived is answered ``503`` with
@@ -29,12 +32,12 @@ import threading
 import time
 
 from flask import Flask, Response, g, request
-from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from serving.front import ARRIVED, REFUSED
 from serving.model import ModelNotReady
 from serving.protocol import ApiError
+from serving.ratelimit import RateLimited
 from serving.routes import json_response
 
 log = logging.getLogger(__name__)
@@ -48,13 +51,13 @@ REQUEST_ID_HEADER = "X-Request-Id"
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; "
                            "object-src 'none'; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
 
 
 _CONVERTER = re.compile(r"<\w+:(\w+)>")
@@ -97,6 +100,7 @@ def error_response(status: int, message: str) -> Response:
 def install(app: Flask, server) -> None:
     """Attach the hooks and error handlers to ``app`` (``server``: :class:`serving.app.Server`)."""
     admission = server.admission
+    rate_limits = server.rate_limits
 
     @app.before_request
     def _admit() -> None:
@@ -105,6 +109,7 @@ def install(app: Flask, server) -> None:
         refused = request.environ.get(REFUSED)
         if refused is not None:
             raise ApiError(*refused)
+        g.rate_headers = rate_limits.hit(request.endpoint, request.remote_addr or "")
         if request.method == "POST":
             admission.enter(request.environ.get(ARRIVED, time.monotonic()))
             g.admitted = True
@@ -117,7 +122,9 @@ def install(app: Flask, server) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         rule = request.url_rule
-        response.headers.update(SECURITY_HEADERS)
+        # Added, not set: no route sets these, and extending skips a search per header.
+        response.headers.extend(SECURITY_HEADERS)
+        response.headers.extend(g.get("rate_headers", ()))
         version = g.get("model_version")
         if version is not None:
             response.headers[VERSION_HEADER] = version
@@ -148,11 +155,11 @@ def install(app: Flask, server) -> None:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(error: RateLimitExceeded) -> Response:
-        # flask-limiter adds Retry-After and X-RateLimit-* to the response it is handed.
-        return error_response(429, f"too many requests from this client: the limit is "
-                                   f"{error.description}; see Retry-After")
+    @app.errorhandler(RateLimited)
+    def _rate_limited(error: RateLimited) -> Response:
+        response = error_response(429, str(error))
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

@@ -2,11 +2,12 @@
 
 Every prediction passes through :meth:`serving.model.DigitsModel.predict`, which
 hands its images and answer to :meth:`Watch.observe` (HTTP and any other
-front-end alike). On the request path that costs a few numpy reductions and
-one lock: the statistics (:mod:`components.watch`) are added to per-version
-accumulators in memory. A background thread of the worker then
+front-end alike). On the request path that costs one lock and two appends:
+the images and probabilities join per-version accumulators in memory, and
+their statistics (:mod:`components.watch`) are computed for thousands of
+images at once. A background thread of the worker then
 
-* moves the accumulators into Prometheus metrics once a second
+* summarises the accumulators into Prometheus metrics once a second
   (:data:`FLUSH_INTERVAL_S`): predicted classes, top-class confidence, ink
   mass, centre of mass and the mean of each embedding component, by version;
 * writes the sampled requests (``DIGITS_PAYLOAD_SAMPLE``, a share of images,
@@ -66,17 +67,63 @@ def bucket_counts(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
                        minlength=len(bounds) + 1)
 
 
+#: Requests of fewer images than this leave their statistics to be computed later,
+#: together; larger ones have already amortised the per-call cost and pay their own.
+DEFER_BELOW = 16
+#: Deferred images a version's tally holds before they are summarised in one product:
+#: the request that reaches it pays for the batch (a few milliseconds, once per
+#: thousands of requests), so memory stays bounded (~3 MB) even when the flushing
+#: thread is starved of CPU.
+SUMMARY_BATCH = 4096
+
+
 @dataclass
 class _Tally:
-    """One version's observations since the last flush: per-request arrays, counted into
-    buckets by the worker's thread, not by the request."""
+    """One version's observations since the last flush.
+
+    A request of a few images only appends them and their probabilities; the
+    statistics (:func:`components.watch.summarise`, one matrix product) are
+    computed for many such requests at once, by the worker's thread at the
+    flush or by the request that fills :data:`SUMMARY_BATCH`. On single
+    images that is a small fraction of the per-request cost.
+    """
 
     kind: str
+    reference: Any = None
+    images: list[np.ndarray] = field(default_factory=list)
+    proba: list[np.ndarray] = field(default_factory=list)
+    waiting: int = 0
     predicted: list[np.ndarray] = field(default_factory=list)
     confidence: list[np.ndarray] = field(default_factory=list)
     ink: list[np.ndarray] = field(default_factory=list)
     center: list[np.ndarray] = field(default_factory=list)
     embedding: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, images: np.ndarray, proba: np.ndarray) -> None:
+        if len(images) >= DEFER_BELOW:
+            self._count(images, proba)
+            return
+        self.images.append(images)
+        self.proba.append(proba)
+        self.waiting += len(images)
+        if self.waiting >= SUMMARY_BATCH:
+            self.summarise()
+
+    def summarise(self) -> None:
+        """Turn the waiting images into statistics."""
+        if self.images:
+            images, proba = np.concatenate(self.images), np.concatenate(self.proba)
+            self.images, self.proba, self.waiting = [], [], 0
+            self._count(images, proba)
+
+    def _count(self, images: np.ndarray, proba: np.ndarray) -> None:
+        mass, centre, embedding = summarise(images, self.reference)
+        self.predicted.append(proba.argmax(axis=1))
+        self.confidence.append(proba.max(axis=1))
+        self.ink.append(mass)
+        self.center.append(centre)
+        if embedding is not None:
+            self.embedding.append(embedding)
 
 
 @dataclass
@@ -130,27 +177,20 @@ class Watch:
 
     def _observe(self, loaded: LoadedModel, images: np.ndarray, proba: np.ndarray) -> None:
         proba = np.asarray(proba)
-        predicted = proba.argmax(axis=1)
-        confidence = proba.max(axis=1)
-        mass, centre, embedding = summarise(images, loaded.reference)
         with self._lock:
             sample = self._sample(len(images))
             tally = self._tallies.get(loaded.version)
             if tally is None:
-                tally = self._tallies[loaded.version] = _Tally(loaded.kind)
-            tally.predicted.append(predicted)
-            tally.confidence.append(confidence)
-            tally.ink.append(mass)
-            tally.center.append(centre)
-            if embedding is not None:
-                tally.embedding.append(embedding)
+                tally = self._tallies[loaded.version] = _Tally(loaded.kind, loaded.reference)
+            tally.add(images, proba)
             if sample is not None:
                 pending = self._pending.get(loaded.version)
                 if pending is None:
                     pending = self._pending[loaded.version] = _Pending()
+                kept = proba[sample]
                 pending.images.append(images[sample].astype(np.uint8, copy=True))
-                pending.predicted.append(predicted[sample])
-                pending.confidence.append(confidence[sample].astype(np.float32))
+                pending.predicted.append(kept.argmax(axis=1))
+                pending.confidence.append(kept.max(axis=1).astype(np.float32))
                 pending.times.append(np.full(len(sample), time.time()))
                 pending.count += len(sample)
         if self._thread_pid != os.getpid():
@@ -241,6 +281,9 @@ class Watch:
 
         m = self.metrics
         assert m is not None
+        tally.summarise()
+        if not tally.predicted:
+            return
         classes = np.bincount(np.concatenate(tally.predicted), minlength=NUM_CLASSES)
         for label, count in enumerate(classes):
             if count:

@@ -102,7 +102,7 @@ def test_serving_cannot_change_production_or_any_version(s3_server, bucket, mode
     evil = json.dumps({"version": first}).encode()
     for call in (
         lambda: serving._put(POINTER, evil),
-        lambda: serving._conditional_put(POINTER, evil, etag=etag),
+        lambda: serving.write_if_unchanged(POINTER, evil, etag=etag),
         lambda: client.remove_object(bucket, POINTER),
         lambda: client.copy_object(bucket, POINTER,
                                    CopySource(bucket, f"versions/{first}/metadata.json")),

@@ -10,7 +10,14 @@ import threading
 import pytest
 from minio import Minio
 
-from components.registry import FAILED, POINTER, ProductionMoved, Registry, RegistryError
+from components.registry import (
+    FAILED,
+    POINTER,
+    ProductionMoved,
+    Registry,
+    RegistryError,
+    WriteConflict,
+)
 
 
 @pytest.fixture
@@ -211,6 +218,20 @@ def test_two_promotions_interleaved_at_the_pointer_exactly_one_wins(registry, mo
     pointer = registry.production()
     assert pointer.version == a and pointer.history[0]["version"] == old
     assert {row["version"] for row in registry.list()} == {a, old}  # B's upload removed
+
+
+def test_a_conditional_write_wins_only_against_what_it_read(registry):
+    """write_if_unchanged is a compare-and-swap: a stale ETag, or a create over an
+    existing object, is refused and leaves the object as the winner wrote it."""
+    key = "monitor/claim.json"
+    registry.write_if_unchanged(key, b'{"n": 1}', etag=None)  # created: it was absent
+    with pytest.raises(WriteConflict):
+        registry.write_if_unchanged(key, b'{"n": 99}', etag=None)  # no longer absent
+    data, etag = registry.read_with_etag(key)
+    registry.write_if_unchanged(key, b'{"n": 2}', etag=etag)  # unchanged since read: wins
+    with pytest.raises(WriteConflict, match="changed since it was read"):
+        registry.write_if_unchanged(key, b'{"n": 3}', etag=etag)  # the ETag is stale now
+    assert data == b'{"n": 1}' and registry.read(key) == b'{"n": 2}'
 
 
 def test_manual_operations_race_safely_too(registry, model_dir):

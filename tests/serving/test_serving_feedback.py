@@ -349,14 +349,23 @@ def test_one_client_cannot_flood_the_bucket(s3_server, make_registry, trained, t
     try:
         client = app.test_client()
         body = {"pixels": tiny_dataset.x_holdout[0].tolist(), "label": 1}
-        assert [client.post("/feedback", json=body).status_code for _ in range(3)] == [201] * 3
+        answers = [client.post("/feedback", json=body) for _ in range(3)]
+        assert [answer.status_code for answer in answers] == [201] * 3
+        # Each answer says where the client stands: 2, 1, 0 posts left in this window.
+        assert [answer.headers["X-RateLimit-Remaining"] for answer in answers] == ["2", "1", "0"]
+        assert {answer.headers["X-RateLimit-Limit"] for answer in answers} == {"3"}
         refused = client.post("/feedback", json=body)
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
         assert "error" in refused.json
         other = client.post("/feedback", json=body, environ_base={"REMOTE_ADDR": "10.0.0.2"})
         assert other.status_code == 201  # the limit is per client, not global
         assert len(stored(registry)) == 4
-        assert client.post("/predict", json={"pixels": body["pixels"]}).status_code == 200
+        answer = client.post("/predict", json={"pixels": body["pixels"]})
+        assert answer.status_code == 200 and "X-RateLimit-Limit" in answer.headers
+        # A route without a limit counts nothing and says nothing about limits.
+        unlimited = client.post("/v2/models/digits/infer", json={"inputs": [{
+            "name": "images", "shape": [1, 784], "datatype": "UINT8", "data": body["pixels"]}]})
+        assert unlimited.status_code == 200 and "X-RateLimit-Limit" not in unlimited.headers
     finally:
         server.model.stop()
 
