@@ -8,12 +8,13 @@ become top-level keys.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 ACCESS_LOGGER = "serving.access"
 #: LogRecord attributes that are plumbing, not content.
@@ -37,7 +38,12 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return _dumps(entry).decode()
+
+
+def _dumps(entry: dict[str, Any], option: int = 0) -> bytes:
+    """One compact JSON object; anything JSON cannot hold is written as its ``str``."""
+    return orjson.dumps(entry, default=str, option=option | orjson.OPT_NON_STR_KEYS)
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
@@ -85,6 +91,5 @@ class AccessLog:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         entry = {"ts": f"{stamp}.{int(now % 1 * 1000):03d}Z", "level": "info",
                  "logger": ACCESS_LOGGER, "pid": os.getpid(), "event": "access", **fields}
-        line = json.dumps(entry, default=str, separators=(",", ":")) + "\n"
         with contextlib.suppress(OSError):  # a closed stderr must never fail a request
-            os.write(self.fd, line.encode())
+            os.write(self.fd, _dumps(entry, orjson.OPT_APPEND_NEWLINE))

@@ -8,13 +8,13 @@ status and a message for the client; nothing here touches a model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from components.stem import NUM_CLASSES, NUM_PIXELS, InputError, as_images
 
@@ -39,7 +39,7 @@ BINARY_EXTENSION = "binary_tensor_data"
 OUTPUTS = ("label", "probabilities")
 OUTPUT_ALIASES = {"predict": "label", "predict_proba": "probabilities"}
 INPUT_NAME = "images"
-#: Bodies shorter than this are parsed by ``json`` alone: nothing to gain.
+#: Bodies shorter than this are parsed by orjson alone: nothing to gain.
 FAST_PATH_MIN_BYTES = 2048
 _WHITESPACE = b" \t\r\n"
 _INTEGER_CHARS = b"0123456789," + _WHITESPACE
@@ -66,9 +66,9 @@ def _skip_space(body: bytes, index: int) -> int:
 
 def _integer_array(content: bytes) -> np.ndarray | None:
     """Parse the inside of a flat JSON array of non-negative integers in C; ``None``
-    if it holds anything else, so ``json`` decides instead.
+    if it holds anything else, so orjson decides instead.
 
-    ``json.loads`` plus ``np.asarray`` spend ~2.6 ms on a 64-image batch; this
+    A JSON parser plus ``np.asarray`` spend ~2.6 ms on a 64-image batch; this
     takes ~0.5 ms. Anything that is not plain digits, commas and white space
     (signs, decimals, exponents, ``true``, strings, nested arrays — whose
     regularity ``np.asarray`` checks) falls back, as does an element count that
@@ -89,19 +89,20 @@ def _integer_array(content: bytes) -> np.ndarray | None:
 
 
 def loads(body: bytes, *, array_key: str | None = "data") -> Any:
-    """``json.loads``, except that flat arrays of integers under ``array_key`` come
+    """``orjson.loads``, except that flat arrays of integers under ``array_key`` come
     back as ``int64`` numpy arrays (parsed by numpy, not built as Python lists).
 
     The arrays are cut out of the text, replaced by placeholder strings, the
-    rest is parsed by ``json`` (so every syntax error is still caught), and the
-    placeholders are swapped back for the arrays.
+    rest is parsed by orjson (so every syntax error is still caught), and the
+    placeholders are swapped back for the arrays. Like the JSON standard (and
+    unlike Python's ``json``), ``NaN`` and ``Infinity`` are refused.
     """
     try:
         if array_key is None or len(body) < FAST_PATH_MIN_BYTES:
-            return json.loads(body)
+            return orjson.loads(body)
         nonce = os.urandom(6).hex().encode()
         if nonce in body:
-            return json.loads(body)
+            return orjson.loads(body)
         needle = b'"' + array_key.encode() + b'"'
         pieces: list[bytes] = []
         arrays: dict[str, np.ndarray] = {}
@@ -124,10 +125,15 @@ def loads(body: bytes, *, array_key: str | None = "data") -> Any:
             else:
                 position = body.find(needle, position + 1)
         if not arrays:
-            return json.loads(body)
+            return orjson.loads(body)
         pieces.append(body[last:])
-        return _restore(json.loads(b"".join(pieces)), arrays)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return _restore(orjson.loads(b"".join(pieces)), arrays)
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error):
+            raise ApiError(400, "invalid JSON: nested too deeply") from error
+        if error.doc[error.pos:error.pos + 8].lstrip("-").startswith(("NaN", "Infinity")):
+            raise ApiError(400, f"invalid JSON: NaN or infinity is not a JSON number "
+                                f"(at character {error.pos})") from error
         raise ApiError(400, f"invalid JSON: {error}") from error
     except RecursionError as error:
         raise ApiError(400, "invalid JSON: nested too deeply") from error
@@ -144,8 +150,11 @@ def _restore(value: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON; numpy arrays become lists."""
-    return json.dumps(value, separators=(",", ":"), default=_default).encode()
+    """Compact JSON; numpy arrays become lists (float32 written at float32 precision).
+
+    orjson: a 64-image answer takes ~15 µs, against ~300 µs through ``json``.
+    """
+    return orjson.dumps(value, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _default(value: Any) -> Any:

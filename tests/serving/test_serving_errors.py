@@ -78,7 +78,7 @@ CASES = [
     ("ragged nested", "POST", INFER, JSON,
      tensor(shape=[1, 28, 28], data=[[0] * 28] * 27 + [[0] * 27]), 400, "regular"),
     ("huge integer", "POST", INFER, JSON,
-     tensor(datatype="INT64", data=[10 ** 30, *PIXELS[1:]]), 400, "integers"),
+     tensor(datatype="INT64", data=[10 ** 30, *PIXELS[1:]]), 400, "out of range"),
     ("empty batch", "POST", INFER, JSON, tensor(shape=[0, 784], data=[]), 400, "empty batch"),
     ("data not a list", "POST", INFER, JSON, tensor(data=5), 400, "array"),
     ("id not a string", "POST", INFER, JSON,
