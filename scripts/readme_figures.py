@@ -292,7 +292,9 @@ def bench_serve_figures(rows: list) -> str:
     bench_serving = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_serving)
     return ("Measured with `make bench WHAT=serve` (XGBoost on raw pixels, both servers on "
-            "the same booster; closed-loop clients on 127.0.0.1; "
+            "the same trees: MLServer on XGBoost's booster, ours on its ONNX export checked "
+            "as deploy checks it, the form production serves; closed-loop clients on "
+            "127.0.0.1; "
             f"{_bench().cpu_model()}):\n\n" + bench_serving.markdown(rows) + "\n"
             + ("\nSlow clients holding connections (trickling headers or a body a byte every "
                "2 s, or idle) while a well-behaved client asks for a probe and a prediction "
