@@ -2,12 +2,12 @@
 
 Every prediction passes through :meth:`serving.model.DigitsModel.predict`, which
 hands its images and answer to :meth:`Watch.observe` (HTTP and any other
-front-end alike). On the request path that costs one lock and two appends:
-the images and probabilities join per-version accumulators in memory, and
-their statistics (:mod:`components.watch`) are computed for thousands of
-images at once. A background thread of the worker then
+front-end alike). On the request path a few images cost one lock and a copy
+into a per-version buffer, whose statistics (:mod:`components.watch`) are
+computed for thousands of images at once and added into running bucket
+counts. A background thread of the worker then
 
-* summarises the accumulators into Prometheus metrics once a second
+* moves the counts into Prometheus metrics once a second
   (:data:`FLUSH_INTERVAL_S`): predicted classes, top-class confidence, ink
   mass, centre of mass and the mean of each embedding component, by version;
 * writes the sampled requests (``DIGITS_PAYLOAD_SAMPLE``, a share of images,
@@ -70,60 +70,71 @@ def bucket_counts(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 #: Requests of fewer images than this leave their statistics to be computed later,
 #: together; larger ones have already amortised the per-call cost and pay their own.
 DEFER_BELOW = 16
-#: Deferred images a version's tally holds before they are summarised in one product:
-#: the request that reaches it pays for the batch (a few milliseconds, once per
-#: thousands of requests), so memory stays bounded (~3 MB) even when the flushing
-#: thread is starved of CPU.
-SUMMARY_BATCH = 4096
+#: Deferred images a version's tally holds before the request that fills it counts
+#: them all in one product (~0.1 ms, once per 64 single-image requests). Kept small
+#: on purpose: counted on the flushing thread instead, a second's worth of images
+#: (numpy releasing and retaking the GIL around each large operation) stalled the
+#: worker's event loop for ~10 ms once a second, the p99.9 of single-image requests.
+SUMMARY_BATCH = 64
 
 
-@dataclass
 class _Tally:
-    """One version's observations since the last flush.
+    """One version's observations since the last flush, as running totals.
 
-    A request of a few images only appends them and their probabilities; the
-    statistics (:func:`components.watch.summarise`, one matrix product) are
-    computed for many such requests at once, by the worker's thread at the
-    flush or by the request that fills :data:`SUMMARY_BATCH`. On single
-    images that is a small fraction of the per-request cost.
+    A request of a few images copies them and their probabilities into a
+    small buffer; the statistics (:func:`components.watch.summarise`, one
+    matrix product) are computed for the whole buffer at once, by the request
+    that fills it (:data:`SUMMARY_BATCH`) or, for what is left, at the flush.
+    Everything is added into bucket counts and sums as it is computed, so a
+    flush only copies a few dozen numbers into the metrics.
     """
 
-    kind: str
-    reference: Any = None
-    images: list[np.ndarray] = field(default_factory=list)
-    proba: list[np.ndarray] = field(default_factory=list)
-    waiting: int = 0
-    predicted: list[np.ndarray] = field(default_factory=list)
-    confidence: list[np.ndarray] = field(default_factory=list)
-    ink: list[np.ndarray] = field(default_factory=list)
-    center: list[np.ndarray] = field(default_factory=list)
-    embedding: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, kind: str, reference: Any = None) -> None:
+        self.kind = kind
+        self.reference = reference
+        self.images = np.empty((SUMMARY_BATCH, IMAGE_SIDE * IMAGE_SIDE), np.uint8)
+        self.proba = np.empty((SUMMARY_BATCH, NUM_CLASSES), np.float32)
+        self.waiting = 0
+        self.count = 0
+        self.classes = np.zeros(NUM_CLASSES, np.int64)
+        self.confidence = np.zeros(len(_CONFIDENCE) + 1, np.int64)
+        self.ink = np.zeros(len(_INK) + 1, np.int64)
+        self.center = np.zeros((2, len(_CENTER) + 1), np.int64)
+        #: Sums of confidence, ink, centre row, centre column.
+        self.sums = np.zeros(4)
+        self.embedding: np.ndarray | None = None
 
     def add(self, images: np.ndarray, proba: np.ndarray) -> None:
-        if len(images) >= DEFER_BELOW:
-            self._count(images, proba)
+        n = len(images)
+        if n >= DEFER_BELOW:
+            self._count(images.reshape(n, -1), proba)
             return
-        self.images.append(images)
-        self.proba.append(proba)
-        self.waiting += len(images)
-        if self.waiting >= SUMMARY_BATCH:
+        if self.waiting + n > SUMMARY_BATCH:
             self.summarise()
+        self.images[self.waiting:self.waiting + n] = images.reshape(n, -1)
+        self.proba[self.waiting:self.waiting + n] = proba
+        self.waiting += n
 
     def summarise(self) -> None:
-        """Turn the waiting images into statistics."""
-        if self.images:
-            images, proba = np.concatenate(self.images), np.concatenate(self.proba)
-            self.images, self.proba, self.waiting = [], [], 0
-            self._count(images, proba)
+        """Count the buffered images into the totals."""
+        if self.waiting:
+            waiting, self.waiting = self.waiting, 0
+            self._count(self.images[:waiting], self.proba[:waiting])
 
     def _count(self, images: np.ndarray, proba: np.ndarray) -> None:
         mass, centre, embedding = summarise(images, self.reference)
-        self.predicted.append(proba.argmax(axis=1))
-        self.confidence.append(proba.max(axis=1))
-        self.ink.append(mass)
-        self.center.append(centre)
+        confidence = proba.max(axis=1)
+        self.count += len(images)
+        self.classes += np.bincount(proba.argmax(axis=1), minlength=NUM_CLASSES)
+        self.confidence += bucket_counts(confidence, _CONFIDENCE)
+        self.ink += bucket_counts(mass, _INK)
+        for axis in (0, 1):
+            self.center[axis] += bucket_counts(centre[:, axis], _CENTER)
+        self.sums += (confidence.sum(dtype=np.float64), mass.sum(dtype=np.float64),
+                      *centre.sum(axis=0, dtype=np.float64))
         if embedding is not None:
-            self.embedding.append(embedding)
+            total = embedding.sum(axis=0, dtype=np.float64)
+            self.embedding = total if self.embedding is None else self.embedding + total
 
 
 @dataclass
@@ -282,25 +293,20 @@ class Watch:
         m = self.metrics
         assert m is not None
         tally.summarise()
-        if not tally.predicted:
+        if not tally.count:
             return
-        classes = np.bincount(np.concatenate(tally.predicted), minlength=NUM_CLASSES)
-        for label, count in enumerate(classes):
+        for label, count in enumerate(tally.classes):
             if count:
                 m.predicted_class.labels(version, str(label)).inc(int(count))
-        confidence = np.concatenate(tally.confidence)
-        observe_counts(m.confidence.labels(version), bucket_counts(confidence, _CONFIDENCE),
-                       float(confidence.sum()))
-        mass = np.concatenate(tally.ink)
-        observe_counts(m.ink.labels(version), bucket_counts(mass, _INK), float(mass.sum()))
-        centre = np.concatenate(tally.center)
+        confidence_sum, ink_sum, *center_sums = tally.sums
+        observe_counts(m.confidence.labels(version), tally.confidence, float(confidence_sum))
+        observe_counts(m.ink.labels(version), tally.ink, float(ink_sum))
         for axis, name in enumerate(("row", "column")):
-            observe_counts(m.center.labels(version, name), bucket_counts(centre[:, axis], _CENTER),
-                           float(centre[:, axis].sum()))
-        if tally.embedding:
-            embedding = np.concatenate(tally.embedding)
-            for component, total in enumerate(embedding.sum(axis=0, dtype=np.float64)):
-                observe_counts(m.embedding.labels(version, str(component)), len(embedding),
+            observe_counts(m.center.labels(version, name), tally.center[axis],
+                           float(center_sums[axis]))
+        if tally.embedding is not None:
+            for component, total in enumerate(tally.embedding):
+                observe_counts(m.embedding.labels(version, str(component)), tally.count,
                                float(total))
 
     def _write(self, version: str, pending: _Pending) -> None:

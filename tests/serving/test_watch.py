@@ -27,7 +27,7 @@ from components.watch import (
     ink,
 )
 from serving.metrics import observe_counts
-from serving.watch import bucket_counts
+from serving.watch import DEFER_BELOW, SUMMARY_BATCH, bucket_counts
 from tests.serving.helpers import make_app, operator_registry, v2_body
 
 
@@ -77,10 +77,15 @@ def test_every_prediction_is_recorded_by_version(s3_server, make_registry, train
         assert server.model.wait_ready(30), server.model.last_error
         assert server.model.current.reference is not None
         client = app.test_client()
-        images = tiny_dataset.x_holdout[:40]
-        for start in range(0, 40, 8):  # five requests
+        # Eight small requests fill the tally's buffer, a large one counts itself, the
+        # next small one counts the full buffer, and the flush counts what still waits.
+        sizes = (*[8] * 8, SUMMARY_BATCH // 3, 8, 1, 3)
+        assert sum(sizes[:8]) == SUMMARY_BATCH and SUMMARY_BATCH // 3 >= DEFER_BELOW
+        count = sum(sizes)
+        images = tiny_dataset.x_holdout[:count]
+        for start, size in zip(np.cumsum((0, *sizes[:-1])), sizes, strict=True):
             answer = client.post("/v2/models/digits/infer",
-                                 json=v2_body(images[start:start + 8]))
+                                 json=v2_body(images[start:start + size]))
             assert answer.status_code == 200
         server.model.watch.flush()
         text = server.metrics.render()[0].decode()
@@ -92,7 +97,7 @@ def test_every_prediction_is_recorded_by_version(s3_server, make_registry, train
         assert sample_value(text, "digits_predicted_class_total", version=version,
                             **{"class": str(digit)}) == predicted[digit]
     confidence = proba.max(axis=1)
-    assert sample_value(text, "digits_prediction_confidence_count", version=version) == 40
+    assert sample_value(text, "digits_prediction_confidence_count", version=version) == count
     assert sample_value(text, "digits_prediction_confidence_sum", version=version) == (
         pytest.approx(confidence.sum(), rel=1e-5))
     assert sample_value(text, "digits_prediction_confidence_bucket", version=version,
@@ -104,7 +109,7 @@ def test_every_prediction_is_recorded_by_version(s3_server, make_registry, train
     reference = Reference.load(referenced)
     for component in range(reference.components.shape[0]):
         assert sample_value(text, "digits_input_embedding_count", version=version,
-                            component=str(component)) == 40
+                            component=str(component)) == count
         assert sample_value(text, "digits_input_embedding_sum", version=version,
                             component=str(component)) == pytest.approx(
             reference.embed(images)[:, component].sum(), rel=1e-4, abs=1e-3)
