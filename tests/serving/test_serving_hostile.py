@@ -207,6 +207,36 @@ def test_every_route_refuses_malformed_and_oversized_requests_the_same_way(
                     assert headers[name] == value, (path, name)
 
 
+def chunked(port: int, path: str, pieces: list[bytes]) -> tuple[int, bytes]:
+    """POST ``pieces`` with ``Transfer-Encoding: chunked`` (no Content-Length)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", path, body=iter(pieces), encode_chunked=True,
+                           headers={"Content-Type": "application/json",
+                                    "Transfer-Encoding": "chunked"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_a_body_is_read_whatever_its_framing(s3_server, make_registry, trained,
+                                             tiny_dataset, tmp_path):
+    """A declared length (read whole), chunks (counted as they come, and refused past the
+    limit) and no body at all (a probe) all reach the same route."""
+    body = json.dumps(v2_body(tiny_dataset.x_holdout[:3])).encode()
+    with serving(s3_server, make_registry(), trained["xgboost"], tmp_path / "serve.log",
+                 DIGITS_MAX_BODY_BYTES="100000") as port:
+        status, declared, _ = request(port, "POST", INFER, body)
+        assert status == 200
+        pieces = [body[start:start + 1000] for start in range(0, len(body), 1000)]
+        assert len(pieces) > 2
+        assert chunked(port, INFER, pieces) == (200, declared)
+        status, refusal = chunked(port, INFER, [b" " * 60_000, b" " * 60_000, body])
+        assert status == 413 and "too large" in json.loads(refusal)["error"]
+        assert request(port, "GET", "/v2/health/ready")[0] == 200
+
+
 def test_every_route_sheds_the_same_way_when_no_slot_comes_free(
         s3_server, make_registry, trained):
     app, server = make_app(s3_server, make_registry(), concurrency=1, max_wait_ms=0)
