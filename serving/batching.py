@@ -7,7 +7,7 @@ requests is most of what a busy worker can gain.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +26,8 @@ class _Pending:
 
     loaded: LoadedModel
     images: np.ndarray
-    done: threading.Event = field(default_factory=threading.Event)
+    #: What a follower waits on; the leader (most requests: the model was idle) needs none.
+    done: threading.Event | None = None
     lead: bool = False
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -53,10 +54,12 @@ class Batcher:
     def predict(self, loaded: LoadedModel, images: np.ndarray) -> np.ndarray:
         item = _Pending(loaded, images)
         with self._lock:
-            self._queue.append(item)
-            if not self._busy:
+            if self._busy:
+                item.done = threading.Event()
+            else:
                 self._busy = item.lead = True
-        if not item.lead:
+            self._queue.append(item)
+        if item.done is not None:
             item.done.wait()
         if item.lead and item.result is None and item.error is None:
             self._run_once()
@@ -85,10 +88,11 @@ class Batcher:
                 self._forward(items)
         finally:
             for item in batch:
-                item.done.set()
+                if item.done is not None:
+                    item.done.set()
             with self._lock:
                 if self._queue:
-                    successor = self._queue[0]
+                    successor = self._queue[0]  # a follower: it has an Event
                     successor.lead = True
                     successor.done.set()
                 else:

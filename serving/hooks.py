@@ -26,6 +26,7 @@ route (and no blueprint added later) can answer without them:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -88,6 +89,7 @@ class Admission:
         self._slots.release()
 
 
+@functools.cache
 def route_label(rule: str) -> str:
     """A route as metrics and access lines name it: ``/v2/models/<name>/infer``."""
     return _CONVERTER.sub(r"<\1>", rule)
@@ -102,17 +104,21 @@ def install(app: Flask, server) -> None:
     admission = server.admission
     rate_limits = server.rate_limits
 
+    # Each hook reads the request and ``g`` proxies once: every proxy access is a
+    # context-variable lookup, and these run on every request.
     @app.before_request
     def _admit() -> None:
-        g.started = time.perf_counter()
+        req, state = request._get_current_object(), g._get_current_object()
+        state.started = time.perf_counter()
         server.model.start()
-        refused = request.environ.get(REFUSED)
+        environ = req.environ
+        refused = environ.get(REFUSED)
         if refused is not None:
             raise ApiError(*refused)
-        g.rate_headers = rate_limits.hit(request.endpoint, request.remote_addr or "")
-        if request.method == "POST":
-            admission.enter(request.environ.get(ARRIVED, time.monotonic()))
-            g.admitted = True
+        state.rate_headers = rate_limits.hit(req.endpoint, req.remote_addr or "")
+        if req.method == "POST":
+            admission.enter(environ.get(ARRIVED, time.monotonic()))
+            state.admitted = True
 
     @app.teardown_request
     def _release(_error: BaseException | None) -> None:
@@ -121,23 +127,25 @@ def install(app: Flask, server) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        rule = request.url_rule
+        req, state = request._get_current_object(), g._get_current_object()
+        rule = req.url_rule
+        headers = response.headers
         # Added, not set: no route sets these, and extending skips a search per header.
-        response.headers.extend(SECURITY_HEADERS)
-        response.headers.extend(g.get("rate_headers", ()))
-        version = g.get("model_version")
+        headers.extend(SECURITY_HEADERS)
+        headers.extend(state.get("rate_headers", ()))
+        version = state.get("model_version")
         if version is not None:
-            response.headers[VERSION_HEADER] = version
-        request_id = request.headers.get(REQUEST_ID_HEADER)
+            headers[VERSION_HEADER] = version
+        request_id = req.headers.get(REQUEST_ID_HEADER)
         if request_id:
-            response.headers[REQUEST_ID_HEADER] = request_id[:200]
+            headers[REQUEST_ID_HEADER] = request_id[:200]
         server.account(
             route=route_label(rule.rule) if rule is not None else "<unmatched>",
-            method=request.method,
-            path=request.path, status=response.status_code,
-            started=g.get("started", time.perf_counter()), version=version,
-            batch=g.get("batch"), remote=request.remote_addr,
-            bytes_in=request.content_length, request_id=request_id)
+            method=req.method,
+            path=req.path, status=response.status_code,
+            started=state.get("started", time.perf_counter()), version=version,
+            batch=state.get("batch"), remote=req.remote_addr,
+            bytes_in=req.content_length, request_id=request_id)
         return response
 
     @app.errorhandler(ApiError)
