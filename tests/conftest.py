@@ -176,3 +176,10 @@ def registry(minio_client) -> Registry:
     return Registry(minio_client, f"test-{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture
+def kfp_api():
+    """A local stand-in of the KFP API (``tests/kfp_api.py``): its URL and what it received."""
+    from tests.kfp_api import running
+
+    with running() as (url, received):
+        yield url, received

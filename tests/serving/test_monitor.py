@@ -329,6 +329,45 @@ def test_trigger_starts_exactly_one_local_run_then_cools_down(
     assert len(history) == 1
 
 
+def test_trigger_on_a_cluster_submits_exactly_one_kfp_run(
+        s3_server, make_registry, referenced, unseen, tmp_path, monkeypatch, kfp_api):
+    """``--trigger --host``: the real kfp.Client submits one run of the compiled pipeline
+    (to a local stand-in of the KFP API); the registry records it, and a second monitor
+    within the cooldown submits nothing."""
+    from bench.watch import inverted
+    from components.monitor import TRIGGER_KEY, TRIGGERS
+
+    host, received = kfp_api
+    registry = make_registry()
+    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
+    version = serve_stream(s3_server, registry, inverted(unseen[:120]))
+    store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
+    store.add(FeedbackItem.create(unseen[0], 4, predicted=4, model_version=version))
+    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
+                       "DIGITS_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(key, value)
+    flags = ["--trigger", "--min-feedback", "1", "--window", str(WINDOW), "--permutations",
+             "499", "--report", str(tmp_path / "r.html"), "--host", host,
+             "--experiment", "retraining", "--arg", "train_size=20000"]
+
+    def runs_submitted() -> list[dict]:
+        return [body for method, path, body in received
+                if method == "POST" and path == "/apis/v2beta1/runs"]
+
+    assert main(flags) == 0
+    [run] = runs_submitted()
+    assert run["runtime_config"]["parameters"]["train_size"] == 20000
+    operator = operator_registry(s3_server, registry.bucket)
+    record = json.loads(operator.read(TRIGGER_KEY))
+    assert record["runner"] == "kfp" and record["version"] == version
+    assert record["run"] == {"kfp_run_id": "run-42", "host": host, "experiment": "retraining"}
+    assert main(flags) == 0  # still drifted, but within the cooldown
+    assert len(runs_submitted()) == 1
+    assert len(list(operator.client.list_objects(registry.bucket, prefix=f"{TRIGGERS}/"))) == 1
+
+
 def test_a_run_that_cannot_start_does_not_hold_the_cooldown(
         s3_server, make_registry, referenced, unseen, tmp_path, monkeypatch):
     from bench.watch import inverted
