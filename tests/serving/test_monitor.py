@@ -329,15 +329,13 @@ def test_trigger_starts_exactly_one_local_run_then_cools_down(
     assert len(history) == 1
 
 
-def test_trigger_on_a_cluster_submits_exactly_one_kfp_run(
-        s3_server, make_registry, referenced, unseen, tmp_path, monkeypatch, kfp_api):
-    """``--trigger --host``: the real kfp.Client submits one run of the compiled pipeline
-    (to a local stand-in of the KFP API); the registry records it, and a second monitor
-    within the cooldown submits nothing."""
+@pytest.fixture
+def drifted(s3_server, make_registry, referenced, unseen, tmp_path, monkeypatch):
+    """A served version that saw inverted digits and got one correction: the monitor will
+    call for retraining. The environment is the pipeline's, as ``digits monitor`` runs.
+    Returns the registry and the version."""
     from bench.watch import inverted
-    from components.monitor import TRIGGER_KEY, TRIGGERS
 
-    host, received = kfp_api
     registry = make_registry()
     registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
     version = serve_stream(s3_server, registry, inverted(unseen[:120]))
@@ -348,6 +346,18 @@ def test_trigger_on_a_cluster_submits_exactly_one_kfp_run(
     for key, value in {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
                        "DIGITS_HOME": str(tmp_path / "home")}.items():
         monkeypatch.setenv(key, value)
+    return registry, version
+
+
+def test_trigger_on_a_cluster_submits_exactly_one_kfp_run(s3_server, drifted, tmp_path,
+                                                         kfp_api):
+    """``--trigger --host``: the real kfp.Client submits one run of the compiled pipeline
+    (to a local stand-in of the KFP API); the registry records it, and a second monitor
+    within the cooldown submits nothing."""
+    from components.monitor import TRIGGER_KEY, TRIGGERS
+
+    host, received = kfp_api
+    registry, version = drifted
     flags = ["--trigger", "--min-feedback", "1", "--window", str(WINDOW), "--permutations",
              "499", "--report", str(tmp_path / "r.html"), "--host", host,
              "--experiment", "retraining", "--arg", "train_size=20000"]
@@ -368,22 +378,11 @@ def test_trigger_on_a_cluster_submits_exactly_one_kfp_run(
     assert len(list(operator.client.list_objects(registry.bucket, prefix=f"{TRIGGERS}/"))) == 1
 
 
-def test_a_run_that_cannot_start_does_not_hold_the_cooldown(
-        s3_server, make_registry, referenced, unseen, tmp_path, monkeypatch):
-    from bench.watch import inverted
+def test_a_run_that_cannot_start_does_not_hold_the_cooldown(s3_server, drifted, tmp_path):
     from components.data import DataError
     from components.monitor import TRIGGER_KEY, TRIGGERS
 
-    registry = make_registry()
-    registry.promote(referenced, {"kind": "xgboost", "metrics": {}}, "test")
-    version = serve_stream(s3_server, registry, inverted(unseen[:120]))
-    store = FeedbackStore(registry.__class__(s3_server.client("serving"), registry.bucket))
-    store.add(FeedbackItem.create(unseen[0], 4, predicted=4, model_version=version))
-    for key in [k for k in os.environ if k.startswith("DIGITS_")]:
-        monkeypatch.delenv(key)
-    for key, value in {**s3_server.environ("pipeline"), "DIGITS_BUCKET": registry.bucket,
-                       "DIGITS_HOME": str(tmp_path / "home")}.items():
-        monkeypatch.setenv(key, value)
+    registry, _ = drifted
     with pytest.raises(DataError, match="--kaggle nope"):  # the local run refuses at once
         main(["--trigger", "--min-feedback", "1", "--window", str(WINDOW), "--permutations",
               "499", "--report", str(tmp_path / "r.html"), "--arg", "kaggle_mode=nope"])
