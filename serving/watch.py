@@ -3,9 +3,9 @@
 Every prediction passes through :meth:`serving.model.DigitsModel.predict`, which
 hands its images and answer to :meth:`Watch.observe` (HTTP and any other
 front-end alike). On the request path a few images cost one lock and a copy
-into a per-version buffer, whose statistics (:mod:`components.watch`) are
-computed for thousands of images at once and added into running bucket
-counts. A background thread of the worker then
+into a small per-version buffer, whose statistics (:mod:`components.watch`)
+are computed 64 images at a time and added into running bucket counts. A
+background thread of the worker then
 
 * moves the counts into Prometheus metrics once a second
   (:data:`FLUSH_INTERVAL_S`): predicted classes, top-class confidence, ink
@@ -89,8 +89,7 @@ class _Tally:
     flush only copies a few dozen numbers into the metrics.
     """
 
-    def __init__(self, kind: str, reference: Any = None) -> None:
-        self.kind = kind
+    def __init__(self, reference: Any = None) -> None:
         self.reference = reference
         self.images = np.empty((SUMMARY_BATCH, IMAGE_SIDE * IMAGE_SIDE), np.uint8)
         self.proba = np.empty((SUMMARY_BATCH, NUM_CLASSES), np.float32)
@@ -110,12 +109,12 @@ class _Tally:
             self._count(images.reshape(n, -1), proba)
             return
         if self.waiting + n > SUMMARY_BATCH:
-            self.summarise()
+            self.count_waiting()
         self.images[self.waiting:self.waiting + n] = images.reshape(n, -1)
         self.proba[self.waiting:self.waiting + n] = proba
         self.waiting += n
 
-    def summarise(self) -> None:
+    def count_waiting(self) -> None:
         """Count the buffered images into the totals."""
         if self.waiting:
             waiting, self.waiting = self.waiting, 0
@@ -192,7 +191,7 @@ class Watch:
             sample = self._sample(len(images))
             tally = self._tallies.get(loaded.version)
             if tally is None:
-                tally = self._tallies[loaded.version] = _Tally(loaded.kind, loaded.reference)
+                tally = self._tallies[loaded.version] = _Tally(loaded.reference)
             tally.add(images, proba)
             if sample is not None:
                 pending = self._pending.get(loaded.version)
@@ -292,7 +291,7 @@ class Watch:
 
         m = self.metrics
         assert m is not None
-        tally.summarise()
+        tally.count_waiting()
         if not tally.count:
             return
         for label, count in enumerate(tally.classes):
