@@ -274,6 +274,36 @@ def test_a_clients_rate_limit_holds_whichever_worker_answers(
     assert "too many requests" in json.loads(refused[1])["error"]
 
 
+def _open_and_count(uri: str, start, results) -> None:
+    from serving.ratelimit import SQLiteStorage
+
+    start.wait()
+    try:
+        results.put(SQLiteStorage(uri).incr("client", 60))
+    except Exception as error:  # reported to the test, which names it
+        results.put(repr(error))
+
+
+def test_workers_starting_together_all_open_the_shared_count_file(tmp_path):
+    """Workers start at once and all switch a fresh SQLite file to WAL; none may die of
+    "database is locked" (one did in CI: SQLite skips its busy timeout for that switch).
+    Before the fix this stress failed 2-7 of 480 opens."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(40):
+        start, results = context.Barrier(12), context.Queue()
+        uri = f"sqlite://{tmp_path}/limits-{trial}.db"
+        workers = [context.Process(target=_open_and_count, args=(uri, start, results))
+                   for _ in range(12)]
+        for worker in workers:
+            worker.start()
+        counts = [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join()
+        assert sorted(counts) == list(range(1, 13)), counts
+
+
 def test_the_client_is_the_address_the_trusted_proxies_saw(s3_server, make_registry, trained):
     """Behind one trusted proxy the limit keys on X-Forwarded-For's last hop; without a
     trusted proxy that header is the client's own word and changes nothing."""
