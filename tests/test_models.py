@@ -103,13 +103,13 @@ def test_corrupt_weights_raise_a_model_error(trained, tmp_path):
 def test_cnn_validation_scores_the_members_average_it_saves(tiny_dataset):
     """Members train side by side, each on its own loss; what validation reports is the
     accuracy of their average, the one model that is saved and served."""
+    import keras
+
     model = create_model("cnn", epochs=1, batch_size=64, width=8, members=2, tta=0)
     model.fit(tiny_dataset.x_train, tiny_dataset.y_train,
               tiny_dataset.x_validation, tiny_dataset.y_validation)
     served = model.predict_proba(tiny_dataset.x_validation, calibrated=False).argmax(axis=1)
     accuracy = np.mean(served == tiny_dataset.y_validation)
     assert model.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
-    import keras
-
     members = [layer for layer in model._model.layers if isinstance(layer, keras.Sequential)]
     assert len(members) == 2
