@@ -89,7 +89,7 @@ class CNN(DigitModel):
     layer. ``members`` of them see the same augmented batches, each through its own
     loss, and predict as one averaged model. Two at width 24 are 1.2× the arithmetic
     of one at width 32 and, on the same three seeds, lifted the holdout mean from
-    99.56% to 99.61% (the README's run table has the spread). While training,
+    99.56% to 99.61% (the README's model section has the spread). While training,
     augmentation layers in front of them shift, turn and zoom every batch on tensors
     inside the training graph; the saved model is the networks alone, so predicting
     pays nothing for them. The learning rate warms up, then decays along a cosine,
