@@ -190,10 +190,10 @@ def trained_cnn(x_train, y_train, x_test, y_test) -> tuple[Path, float]:
     from components.export import export_checked
 
     model = create_model("cnn", epochs=CNN_EPOCHS)
-    # The cache is keyed on the architecture too: a model cached before the defaults
-    # changed would otherwise be benchmarked as if it were today's.
-    architecture = hashlib.sha256(json.dumps(model.params, sort_keys=True).encode()).hexdigest()
-    directory = ROOT / ".digits" / "bench" / f"cnn-{TRAIN_SIZE}-{architecture[:12]}"
+    # The cache is keyed on every setting (architecture, views, epochs): a model cached
+    # before the defaults changed would otherwise be benchmarked as if it were today's.
+    settings = hashlib.sha256(json.dumps(model.params, sort_keys=True).encode()).hexdigest()
+    directory = ROOT / ".digits" / "bench" / f"cnn-{TRAIN_SIZE}-{settings[:12]}"
     info_path = directory / "bench.json"
     if info_path.exists():
         return directory, json.loads(info_path.read_text())["accuracy"]
