@@ -12,11 +12,18 @@ handed to a thread that runs the Flask app, with the body as a ``BytesIO``;
 the answer comes back whole (the app never streams) and granian writes it.
 
 A cheap request (a read, or inference on a body of at most ``INLINE_MAX_BODY``
-bytes: no image decoding, no store write) that arrives while no thread of the
-worker is busy runs on the event loop itself: no thread hop and no contention
-for the GIL, so a worker answers a stream of small requests in order, as
-MLServer's single loop does (measured: ~2x the single-image throughput at 8 and
-32 clients, and a lower p99, than with every request on a thread).
+bytes: a few images, no decoding, no store write) that arrives while no thread
+of the worker is busy runs on the event loop itself: no thread hop and no
+contention for the GIL, so a worker answers a stream of small requests in
+order, as MLServer's single loop does (measured: ~2x the single-image
+throughput at 8 and 32 clients, and a lower p99, than with every request on a
+thread). The bound matters: while a request runs on the loop, nothing else of
+the worker moves — no body is read, no request counts as arrived (so none can
+be shed), no probe is answered. With 256 KB allowed there, 64-image CNN batches
+(~20 ms each) ran one after another on the loop, never shed, and a probe waited
+behind every one of them: with 128 such clients, more than the probe's 1 s.
+Probes (``PROBES``) always run on the loop, whatever the threads are doing:
+they touch nothing but a flag, and must not wait behind work.
 
 It speaks RSGI, granian's own interface: measured here it costs about half
 of what ASGI does per request (no message dicts, headers as a mapping, the
@@ -93,8 +100,7 @@ class Front:
         environ[ARRIVED] = arrived
         if refused is not None:
             environ[REFUSED] = refused
-        if self.pooled == 0 and len(body) <= INLINE_MAX_BODY and _cheap(scope):
-            # Nothing else is running in this worker: answer on the loop, no thread hop.
+        if self.inline(scope, body):
             status, headers, payload = self._call(environ)
         else:
             self.pooled += 1
@@ -107,6 +113,13 @@ class Front:
         if refused is not None:  # unread bytes may still arrive: this connection ends here
             headers.append(("connection", "close"))
         protocol.response_bytes(status, headers, payload)
+
+    def inline(self, scope: Any, body: bytes) -> bool:
+        """Answer on the event loop: a probe always; other cheap requests while no
+        thread of this worker is busy (then the loop has nothing else to run)."""
+        if scope.path in PROBES and scope.method == "GET":
+            return True
+        return self.pooled == 0 and len(body) <= INLINE_MAX_BODY and _cheap(scope)
 
     async def _read_body(self, scope: Any, protocol: Any
                          ) -> tuple[bytes | None, tuple[int, str] | None]:
@@ -212,8 +225,12 @@ class Front:
                 multiprocess.mark_process_dead(os.getpid())
 
 
-#: Bodies up to this size (a few images as JSON) may be answered on the event loop.
-INLINE_MAX_BODY = 256 * 1024
+#: Bodies up to this size may be answered on the event loop: one image as JSON (at
+#: most ~3.5 KB) or up to ten in binary, a few milliseconds at most even for the CNN.
+#: Whatever runs there delays every request of the worker by its whole cost.
+INLINE_MAX_BODY = 8 * 1024
+#: The orchestrator's probes: answered on the loop even while every thread is busy.
+PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
 def _cheap(scope: Any) -> bool:

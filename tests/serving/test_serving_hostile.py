@@ -146,6 +146,68 @@ def test_a_kept_connection_serves_many_requests_and_blocks_no_one(
         kept.close()
 
 
+def binary_infer_request(images: np.ndarray, port: int) -> bytes:
+    """A v2 inference request in the binary tensor extension, as Triton's client sends it."""
+    header = json.dumps({"inputs": [{
+        "name": "images", "shape": [len(images), 784], "datatype": "UINT8",
+        "parameters": {"binary_data_size": images.size}}]}).encode()
+    return loadgen.build_request(INFER, header + images.astype(np.uint8).tobytes(),
+                                 content_type="application/octet-stream", port=port,
+                                 headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+def test_probes_never_wait_behind_inference(s3_server, make_registry, tiny_models,
+                                            tiny_dataset, tmp_path):
+    """Far more clients than a worker works on at once, each sending batches that take the
+    CNN tens of milliseconds (bodies of ~235 KB, which the event loop used to run itself,
+    one after another, so a probe waited behind all of them): every probe is answered
+    within a second, and every batch is answered or shed, none lost."""
+    batch = np.resize(tiny_dataset.x_holdout, (300, 28, 28))
+    with serving(s3_server, make_registry(), tiny_models["cnn"], tmp_path / "serve.log",
+                 workers=1) as port:
+        flood = [binary_infer_request(batch, port)]
+        with ThreadPoolExecutor(1) as pool:
+            result = pool.submit(loadgen.run, port, flood, concurrency=32, duration=5.0,
+                                 warmup=0)
+            time.sleep(1.0)  # every flood client has a batch in the worker by now
+            waits = []
+            while not result.done():
+                started = time.monotonic()
+                assert request(port, "GET", "/v2/health/ready")[0] == 200
+                waits.append(time.monotonic() - started)
+                time.sleep(0.05)
+            statuses = result.result().statuses
+    assert max(waits) < 1.0, f"a probe waited {max(waits):.2f} s behind inference: {waits}"
+    assert len(waits) >= 10, waits
+    assert set(statuses) <= {200, 503} and statuses.get(200), statuses
+
+
+def test_only_probes_and_small_work_run_on_the_event_loop(s3_server, make_registry):
+    """The front's choice, request by request: a probe always runs on the loop; one image
+    only while no thread of the worker is busy; a batch or an upload never."""
+    from types import SimpleNamespace
+
+    from serving.front import Front
+
+    app, server = make_app(s3_server, make_registry())
+    try:
+        front = Front(app)
+
+        def inline(method: str, path: str, body: bytes = b"") -> bool:
+            return front.inline(SimpleNamespace(method=method, path=path), body)
+
+        one = json.dumps(v2_body(np.full((1, 28, 28), 255, np.uint8))).encode()
+        batch = json.dumps(v2_body(np.full((64, 28, 28), 255, np.uint8))).encode()
+        assert inline("GET", "/v2/health/ready") and inline("POST", INFER, one)
+        assert not inline("POST", INFER, batch)
+        assert not inline("POST", "/predict", one)
+        front.pooled = 1  # a thread of the worker is busy: work waits its turn there
+        assert not inline("POST", INFER, one) and not inline("GET", "/v2/models/digits")
+        assert inline("GET", "/v2/health/ready") and inline("GET", "/v2/health/live")
+    finally:
+        server.model.stop()
+
+
 # --------------------------------------------------------------------------- work bombs
 
 
