@@ -19,9 +19,9 @@ order, as MLServer's single loop does (measured: ~2x the single-image
 throughput at 8 and 32 clients, and a lower p99, than with every request on a
 thread). The bound matters: while a request runs on the loop, nothing else of
 the worker moves — no body is read, no request counts as arrived (so none can
-be shed), no probe is answered. With 256 KB allowed there, 64-image CNN batches
-(~20 ms each) ran one after another on the loop, never shed, and a probe waited
-behind every one of them: with 128 such clients, more than the probe's 1 s.
+be shed), no probe is answered. With 256 KB allowed there, CNN batches ran one
+after another on the loop, never shed, and a probe waited behind every one of
+them: 3-4 s behind 32 clients sending 300 digits each (the test that guards it).
 Probes (``PROBES``) always run on the loop, whatever the threads are doing:
 they touch nothing but a flag, and must not wait behind work.
 
