@@ -11,19 +11,28 @@ Only a request that is complete — headers and the whole body in memory — is
 handed to a thread that runs the Flask app, with the body as a ``BytesIO``;
 the answer comes back whole (the app never streams) and granian writes it.
 
-A cheap request (a read, or inference on a body of at most ``INLINE_MAX_BODY``
-bytes: a few images, no decoding, no store write) that arrives while no thread
-of the worker is busy runs on the event loop itself: no thread hop and no
-contention for the GIL, so a worker answers a stream of small requests in
-order, as MLServer's single loop does (measured: ~2x the single-image
-throughput at 8 and 32 clients, and a lower p99, than with every request on a
-thread). The bound matters: while a request runs on the loop, nothing else of
-the worker moves — no body is read, no request counts as arrived (so none can
-be shed), no probe is answered. With 256 KB allowed there, CNN batches ran one
-after another on the loop, never shed, and a probe waited behind every one of
-them: 3-4 s behind 32 clients sending 300 digits each (the test that guards it).
-Probes (``PROBES``) always run on the loop, whatever the threads are doing:
-they touch nothing but a flag, and must not wait behind work.
+Where a complete request runs (:meth:`Front.place`) is chosen for what it
+costs and what may wait behind it:
+
+* **on the event loop itself**: probes (``PROBES``), always, since they read a
+  flag and must never wait behind work; and, while no thread of the worker is
+  busy, reads and inference on a body of at most ``INLINE_MAX_BODY`` bytes (one
+  image as JSON, a few in binary). No thread hop and no contention for the GIL,
+  so a worker answers a stream of single images in order, as MLServer's single
+  loop does (measured: ~2x the single-image throughput at 8 and 32 clients, and
+  a lower p99, than with every request on a thread);
+* **on the lane**, one thread: inference on larger bodies (batches), and any
+  inference while the worker's threads are busy, one after another in arrival
+  order, as the loop would run them — but off the loop, which keeps reading
+  bodies and answering probes. A request that waited its turn there longer
+  than ``DIGITS_MAX_WAIT_MS`` is shed when its turn comes, as one that waited
+  that long for a work slot. While something runs on the loop nothing else
+  of the worker moves: when batches of up to 256 KB ran there, a probe waited
+  behind every one of them, 3-4 s behind 32 clients sending 300 digits each to
+  the CNN (the test that guards it). On the pool's threads instead, 64-image
+  batches at 32 clients had 2.6x the p99 and some were shed (``make bench``);
+* **on the pool** (``DIGITS_THREADS``): everything else (image uploads,
+  feedback, reads while the worker is busy), side by side.
 
 It speaks RSGI, granian's own interface: measured here it costs about half
 of what ASGI does per request (no message dicts, headers as a mapping, the
@@ -66,6 +75,9 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 #: WSGI environ keys the front sets for the app.
 ARRIVED = "digits.arrived"
 REFUSED = "digits.refused"
+#: Set when the request waited its turn behind another on the lane: that wait counts
+#: toward ``DIGITS_MAX_WAIT_MS`` (:class:`serving.hooks.Admission`).
+QUEUED = "digits.queued"
 #: Headers WSGI names without the HTTP_ prefix.
 _UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
@@ -82,8 +94,12 @@ class Front:
         self.max_body = settings.max_body_bytes
         self.body_timeout_s = settings.body_timeout_s
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="digits-http")
-        #: Requests on the pool's threads now; while there are none, cheap ones run inline.
+        #: Inference off the loop, one request at a time, in arrival order.
+        self.lane = ThreadPoolExecutor(1, thread_name_prefix="digits-lane")
+        #: Requests on the lane or the pool now; while there are none, cheap ones run inline.
         self.pooled = 0
+        #: Requests on the lane now, the one running included.
+        self.laned = 0
         #: This worker's gRPC server (serving.grpc_server), answering from the same model.
         self.grpc: Any = None
 
@@ -100,26 +116,35 @@ class Front:
         environ[ARRIVED] = arrived
         if refused is not None:
             environ[REFUSED] = refused
-        if self.inline(scope, body):
+        executor = self.place(scope, body)
+        if executor is None:
             status, headers, payload = self._call(environ)
         else:
+            lane = executor is self.lane
+            if lane and self.laned:
+                environ[QUEUED] = True
             self.pooled += 1
+            self.laned += lane
             try:
                 loop = asyncio.get_running_loop()
-                status, headers, payload = await loop.run_in_executor(self.pool, self._call,
+                status, headers, payload = await loop.run_in_executor(executor, self._call,
                                                                       environ)
             finally:
                 self.pooled -= 1
+                self.laned -= lane
         if refused is not None:  # unread bytes may still arrive: this connection ends here
             headers.append(("connection", "close"))
         protocol.response_bytes(status, headers, payload)
 
-    def inline(self, scope: Any, body: bytes) -> bool:
-        """Answer on the event loop: a probe always; other cheap requests while no
-        thread of this worker is busy (then the loop has nothing else to run)."""
-        if scope.path in PROBES and scope.method == "GET":
-            return True
-        return self.pooled == 0 and len(body) <= INLINE_MAX_BODY and _cheap(scope)
+    def place(self, scope: Any, body: bytes) -> ThreadPoolExecutor | None:
+        """Where a complete request runs: ``None`` for the event loop, else the lane or
+        the pool (see the module's docstring)."""
+        idle = self.pooled == 0
+        if scope.method == "GET":
+            return None if idle or scope.path in PROBES else self.pool
+        if not _inference(scope):
+            return self.pool
+        return None if idle and len(body) <= INLINE_MAX_BODY else self.lane
 
     async def _read_body(self, scope: Any, protocol: Any
                          ) -> tuple[bytes | None, tuple[int, str] | None]:
@@ -217,7 +242,8 @@ class Front:
 
             grpc_server.stop(self.grpc)
         self.server.model.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.lane, self.pool):
+            executor.shutdown(wait=False, cancel_futures=True)
         if multiprocess_dir():
             from prometheus_client import multiprocess
 
@@ -225,19 +251,17 @@ class Front:
                 multiprocess.mark_process_dead(os.getpid())
 
 
-#: Bodies up to this size may be answered on the event loop: one image as JSON (at
-#: most ~3.5 KB) or up to ten in binary, a few milliseconds at most even for the CNN.
-#: Whatever runs there delays every request of the worker by its whole cost.
+#: Inference bodies up to this size may be answered on the event loop: one image as
+#: JSON (at most ~3.5 KB) or up to ten in binary, a few milliseconds at most even
+#: for the CNN. Whatever runs there delays every request of the worker by its cost.
 INLINE_MAX_BODY = 8 * 1024
 #: The orchestrator's probes: answered on the loop even while every thread is busy.
 PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
-def _cheap(scope: Any) -> bool:
-    """Requests whose work is bounded and small: reads, and inference on small bodies
-    (no image decoding, no store writes)."""
-    return scope.method == "GET" or (scope.method == "POST" and scope.path.startswith(
-        ("/v2/models/", "/v1/models/")))
+def _inference(scope: Any) -> bool:
+    """Inference on the models' APIs: bounded work, no image decoding, no store write."""
+    return scope.method == "POST" and scope.path.startswith(("/v2/models/", "/v1/models/"))
 
 
 def _no_write(_data: bytes) -> None:

@@ -35,7 +35,7 @@ import time
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving.front import ARRIVED, REFUSED
+from serving.front import ARRIVED, QUEUED, REFUSED
 from serving.model import ModelNotReady
 from serving.protocol import ApiError
 from serving.ratelimit import RateLimited
@@ -79,10 +79,15 @@ class Admission:
         self._slots = threading.BoundedSemaphore(slots)
         self.max_wait_s = max_wait_ms / 1000
 
-    def enter(self, arrived: float) -> None:
-        """Take a slot, or raise :class:`Overloaded` once the request has waited too long."""
+    def enter(self, arrived: float, *, queued: bool = False) -> None:
+        """Take a slot, or raise :class:`Overloaded` once the request has waited too long.
+
+        ``queued``: it already waited its turn behind others (the front's lane); past
+        the deadline it is shed even if a slot is free now, or a backlog would be
+        served in full, each request later than the last.
+        """
         remaining = arrived + self.max_wait_s - time.monotonic()
-        if not self._slots.acquire(timeout=max(0.0, remaining)):
+        if (queued and remaining < 0) or not self._slots.acquire(timeout=max(0.0, remaining)):
             raise Overloaded((time.monotonic() - arrived) * 1000)
 
     def leave(self) -> None:
@@ -117,7 +122,8 @@ def install(app: Flask, server) -> None:
             raise ApiError(*refused)
         state.rate_headers = rate_limits.hit(req.endpoint, req.remote_addr or "")
         if req.method == "POST":
-            admission.enter(environ.get(ARRIVED, time.monotonic()))
+            admission.enter(environ.get(ARRIVED, time.monotonic()),
+                            queued=environ.get(QUEUED, False))
             state.admitted = True
 
     @app.teardown_request

@@ -182,29 +182,34 @@ def test_probes_never_wait_behind_inference(s3_server, make_registry, tiny_model
     assert set(statuses) <= {200, 503} and statuses.get(200), statuses
 
 
-def test_only_probes_and_small_work_run_on_the_event_loop(s3_server, make_registry):
-    """The front's choice, request by request: a probe always runs on the loop; one image
-    only while no thread of the worker is busy; a batch or an upload never."""
+def test_each_request_runs_where_nothing_waits_behind_it(s3_server, make_registry):
+    """The front's choice, request by request: a probe always on the event loop; one
+    image there only while no thread of the worker is busy; batches on the lane, one
+    after another; uploads and reads while busy on the pool."""
     from types import SimpleNamespace
 
     from serving.front import Front
 
     app, server = make_app(s3_server, make_registry())
+    front = Front(app)
     try:
-        front = Front(app)
-
-        def inline(method: str, path: str, body: bytes = b"") -> bool:
-            return front.inline(SimpleNamespace(method=method, path=path), body)
+        def place(method: str, path: str, body: bytes = b""):
+            return front.place(SimpleNamespace(method=method, path=path), body)
 
         one = json.dumps(v2_body(np.full((1, 28, 28), 255, np.uint8))).encode()
         batch = json.dumps(v2_body(np.full((64, 28, 28), 255, np.uint8))).encode()
-        assert inline("GET", "/v2/health/ready") and inline("POST", INFER, one)
-        assert not inline("POST", INFER, batch)
-        assert not inline("POST", "/predict", one)
-        front.pooled = 1  # a thread of the worker is busy: work waits its turn there
-        assert not inline("POST", INFER, one) and not inline("GET", "/v2/models/digits")
-        assert inline("GET", "/v2/health/ready") and inline("GET", "/v2/health/live")
+        loop = None
+        assert place("GET", "/v2/health/ready") is loop and place("POST", INFER, one) is loop
+        assert place("GET", "/v2/models/digits") is loop
+        assert place("POST", INFER, batch) is front.lane
+        assert place("POST", "/predict", one) is front.pool
+        front.pooled = 1  # a thread of the worker is busy: work waits its turn off the loop
+        assert place("POST", INFER, one) is front.lane
+        assert place("GET", "/v2/models/digits") is front.pool
+        assert place("GET", "/v2/health/ready") is loop and place("GET", "/v2/health/live") is loop
     finally:
+        front.pool.shutdown()
+        front.lane.shutdown()
         server.model.stop()
 
 
