@@ -433,7 +433,8 @@ def measure(server: str, port: int, pool: list[bytes], batch: int, concurrency: 
                  warmup=min(1.0, duration / 4))
     row = {"server": server, "batch": batch, "concurrency": concurrency, "rps": result.rps,
            "p50_ms": 1000 * result.percentile(50), "p99_ms": 1000 * result.percentile(99),
-           "errors": result.errors, "requests": result.count}
+           "errors": result.errors, "requests": result.count,
+           "shed": result.statuses.get(503, 0)}
     log(f"{server:10s} batch {batch:3d} x{concurrency:<3d} {row['rps']:8.1f} req/s  "
         f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}")
     return row
@@ -455,12 +456,12 @@ def markdown(rows: list[dict]) -> str:
     for key in sorted(ours):
         a, b, c, d = ours[key], theirs.get(key), binary.get(key), grpc.get(key)
         lines.append(
-            f"| {key[0]}, {key[1]} | {a['rps']:,.0f} | "
-            + (f"{b['rps']:,.0f} | {a['rps'] / b['rps']:.2f}× | " if b else "– | – | ")
+            f"| {key[0]}, {key[1]} | {rate(a)} | "
+            + (f"{rate(b)} | {a['rps'] / b['rps']:.2f}× | " if b else "– | – | ")
             + f"{a['p99_ms']:.2f} | "
             + (f"{b['p99_ms']:.2f} | {b['p99_ms'] / a['p99_ms']:.2f}× | " if b else "– | – | ")
-            + (f"{c['rps']:,.0f} | " if c else "– | ")
-            + (f"{d['rps']:,.0f} | {d['p99_ms']:.2f} | " if d else "– | – | ")
+            + (f"{rate(c)} | " if c else "– | ")
+            + (f"{rate(d)} | {d['p99_ms']:.2f} | " if d else "– | – | ")
             + (share(a, c, limit.get(key[0])) + " |"))
     for row in rows:
         if row.get("overload"):
@@ -470,6 +471,19 @@ def markdown(rows: list[dict]) -> str:
                       f"answer {row['p99_all_ms']:.1f} ms, {row['connection_errors']} "
                       "connection errors."]
     return "\n".join(lines)
+
+
+def rate(row: dict) -> str:
+    """Answered requests/s, and what share of the requests was refused, if any: a server
+    that sheds answers fewer requests faster, and the table must say so."""
+    text = f"{row['rps']:,.0f}"
+    refused = row.get("errors", 0)
+    if refused:
+        shed = row.get("shed", 0)
+        percent = f"{100 * refused / (refused + row['requests']):.0f}%"
+        text += (f" ({percent} shed)" if shed == refused else
+                 f" ({percent} refused: {shed} shed, {refused - shed} other)")
+    return text
 
 
 def share(json_row: dict, binary_row: dict | None, limit: dict | None) -> str:
@@ -507,9 +521,9 @@ def cnn_markdown(rows: list[dict]) -> str:
     for _, batch, concurrency in sorted(key for key in by if key[0] == "cnn"):
         a, b = by[("cnn", batch, concurrency)], by.get(("cnn-bin", batch, concurrency))
         c = by.get(("cnn-grpc", batch, concurrency))
-        lines.append(f"| {batch}, {concurrency} | {a['rps']:,.0f} | {a['p99_ms']:.2f} | "
-                     + (f"{b['rps']:,.0f} | {b['p99_ms']:.2f} | " if b else "– | – | ")
-                     + (f"{c['rps']:,.0f} | {c['p99_ms']:.2f} | " if c else "– | – | ")
+        lines.append(f"| {batch}, {concurrency} | {rate(a)} | {a['p99_ms']:.2f} | "
+                     + (f"{rate(b)} | {b['p99_ms']:.2f} | " if b else "– | – | ")
+                     + (f"{rate(c)} | {c['p99_ms']:.2f} | " if c else "– | – | ")
                      + share(a, b, limit.get(batch)) + " |")
     return "\n".join(lines)
 
